@@ -1,0 +1,209 @@
+"""Command line: ``appliance [run options]``, ``appliance check|devices|emulator``.
+
+Importing this module must stay cheap (``appliance --help`` is instant): everything heavy
+is imported inside the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance import __version__
+from appliance.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_UNAVAILABLE,
+    ConfigError,
+    ConfigProblem,
+    NotAvailableYet,
+)
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+    from appliance.system.journal import SecretFilter
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Masking:
+    """Set once logging is up, so that even the error path masks every known secret."""
+
+    filter: SecretFilter | None = None
+
+
+def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Subcommands repeat the common options so they may come before or after the command.
+    missing = None if defaults else argparse.SUPPRESS
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        default=missing,
+        help="env file with the settings (over /etc/appliance/appliance.env; "
+        "the process environment wins over both)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        default=missing,
+        help="DEBUG, INFO, WARNING or ERROR (default: APPLIANCE_LOG_LEVEL, else INFO)",
+    )
+
+
+def _run_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    missing = None if defaults else argparse.SUPPRESS
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="simulated button and LED (keyboard, or stdin commands); the built-in Voice Live "
+        "emulator when AZURE_VOICELIVE_ENDPOINT is not set",
+    )
+    parser.add_argument(
+        "--mic",
+        type=Path,
+        metavar="WAV",
+        default=missing,
+        help="use this WAV file as the microphone, paced in real time",
+    )
+    parser.add_argument(
+        "--speaker",
+        type=Path,
+        metavar="WAV",
+        default=missing,
+        help="write everything played to this WAV file, paced in real time",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Push-button voice assistant on Azure AI Voice Live.",
+        epilog="Without a command, runs the appliance. Exit codes: 0 clean stop, "
+        "78 configuration error, 1 anything else.",
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    _common_options(parser, defaults=True)
+    _run_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the appliance (the default)")
+    _common_options(run, defaults=False)
+    _run_options(run, defaults=False)
+
+    check = commands.add_parser(
+        "check", help="check config, audio, GPIO, credential and service; exit 0 if all pass"
+    )
+    _common_options(check, defaults=False)
+
+    devices = commands.add_parser("devices", help="list audio devices and the rates they accept")
+    _common_options(devices, defaults=False)
+
+    emulator = commands.add_parser("emulator", help="run the local Voice Live emulator")
+    _common_options(emulator, defaults=False)
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulator.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: a free one, printed)"
+    )
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Settings:
+    """Settings for this run; logging is set up with every known secret masked."""
+    from appliance import config
+    from appliance.system.journal import setup_logging
+
+    env_file: Path | None = args.env_file
+    secrets = config.secret_values_in_sources(env_file)
+    try:
+        settings = config.load_settings(env_file)
+    except ConfigError:
+        _Masking.filter = setup_logging(args.log_level or "INFO", secrets=secrets)
+        raise
+    _Masking.filter = setup_logging(
+        args.log_level or settings.logging.level, secrets=[*secrets, *settings.secrets()]
+    )
+    import logging
+
+    for warning in config.permission_warnings(settings):
+        logging.getLogger("appliance.config").warning(warning)
+    return settings
+
+
+def _not_available(what: str) -> int:
+    raise NotAvailableYet(f"`appliance {what}` is not available yet in this version")
+
+
+def require_endpoint(settings: Settings, args: argparse.Namespace) -> None:
+    """Outside --simulate there is no emulator to fall back on."""
+    if settings.service.endpoint is None and not args.simulate:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "AZURE_VOICELIVE_ENDPOINT",
+                    None,
+                    "required (the https:// endpoint of your Azure AI resource), unless --simulate",
+                )
+            ]
+        )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_config(args)
+    require_endpoint(settings, args)
+    return _not_available("run" + (" --simulate" if args.simulate else ""))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    load_config(args)
+    return _not_available("check")
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    return _not_available("devices")
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    return _not_available("emulator")
+
+
+COMMANDS = {
+    None: cmd_run,
+    "run": cmd_run,
+    "check": cmd_check,
+    "devices": cmd_devices,
+    "emulator": cmd_emulator,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        masking = _Masking.filter
+        message = str(exc) if masking is None else masking.redact(str(exc))
+        print(f"appliance: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NotAvailableYet as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # the last line of defence: one clear line, exit 1
+        import logging
+
+        logging.getLogger("appliance").critical(
+            "stopped by an unexpected error: %s", exc, exc_info=True
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
