@@ -13,14 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import __version__
-from appliance.errors import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
-    EXIT_UNAVAILABLE,
-    ConfigError,
-    ConfigProblem,
-    NotAvailableYet,
-)
 
 if TYPE_CHECKING:
     from appliance.config import Settings
@@ -117,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_config(args: argparse.Namespace) -> Settings:
     """Settings for this run; logging is set up with every known secret masked."""
     from appliance import config
+    from appliance.errors import ConfigError
     from appliance.system.journal import setup_logging
 
     env_file: Path | None = args.env_file
@@ -137,11 +130,15 @@ def load_config(args: argparse.Namespace) -> Settings:
 
 
 def _not_available(what: str) -> int:
+    from appliance.errors import NotAvailableYet
+
     raise NotAvailableYet(f"`appliance {what}` is not available yet in this version")
 
 
 def require_endpoint(settings: Settings, args: argparse.Namespace) -> None:
     """Outside --simulate there is no emulator to fall back on."""
+    from appliance.errors import ConfigError, ConfigProblem
+
     if settings.service.endpoint is None and not args.simulate:
         raise ConfigError(
             [
@@ -184,6 +181,15 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported here, not at the top: `appliance --help` should not pay for them.
+    from appliance.errors import (
+        EXIT_CONFIG,
+        EXIT_FAILURE,
+        EXIT_UNAVAILABLE,
+        ConfigError,
+        NotAvailableYet,
+    )
+
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

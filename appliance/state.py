@@ -64,6 +64,7 @@ class Event(StrEnum):
     FAILED = "failed"  # connecting failed or a device failed (payload: error kind)
     IDLE_TIMEOUT = "idle_timeout"
     RETRY_TIMER = "retry_timer"
+    HANG_UP = "hang_up"  # the model called the end-conversation tool: end after its answer
 
 
 class Action(StrEnum):
@@ -139,6 +140,7 @@ class Context:
     response_active: bool = False  # between response.created and response.done
     awaiting_response: bool = False  # a manual turn was committed, response.created not seen
     turn_pending: bool = False  # push-to-talk: released while connecting, commit once ready
+    hang_up_pending: bool = False  # end the conversation once the current answer has played
     idle_timer: bool = False
     retry_scheduled: bool = False
     error: ErrorKind | None = None
@@ -221,7 +223,8 @@ class _Builder:
         if self.ctx.response_active and not (by_server and self.ctx.server_interrupts):
             self.steps.append(Action.CANCEL_RESPONSE)
         self.steps.append(Action.TRUNCATE)
-        self.set(awaiting_response=False)
+        # Talking over a goodbye means the conversation goes on.
+        self.set(awaiting_response=False, hang_up_pending=False)
 
     def end_conversation(self, *, earcon: bool = True) -> None:
         """Back to idle from anywhere: nothing open, nothing scheduled, history forgotten."""
@@ -239,6 +242,7 @@ class _Builder:
             response_active=False,
             awaiting_response=False,
             turn_pending=False,
+            hang_up_pending=False,
             error=None,
         )
         self.enter(State.IDLE)
@@ -349,6 +353,22 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
     if event is Event.PRESS and state is State.ERROR:
         b.cancel_retry()  # a press in error retries at once
         return _retry(b)
+    if event is Event.HANG_UP:
+        if state is State.IDLE and not b.ctx.in_conversation:
+            return False
+        if state is State.RESPONDING:
+            b.set(hang_up_pending=True)
+            return True
+        b.end_conversation()
+        return True
+    if (
+        event is Event.PLAYBACK_DONE
+        and state is State.RESPONDING
+        and b.ctx.hang_up_pending
+        and not (b.ctx.response_active or b.ctx.awaiting_response)
+    ):
+        b.end_conversation()
+        return True
     return None
 
 

@@ -52,9 +52,13 @@ ensure_venv() {
         python3 -m venv "$VENV"
     fi
     say "installing the project into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    local target="$ROOT"
+    local target="$ROOT" log="$VENV/install.log"
     [ -n "$extras" ] && target="$ROOT[$extras]"
-    "$VENV/bin/python" -m pip install --quiet -e "$target"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+           && "$VENV/bin/python" -m pip install -e "$target"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        say "installing the project failed; the whole log is in $log"
+        exit 1
+    fi
     echo "$want" > "$stamp"
 }

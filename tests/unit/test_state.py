@@ -70,6 +70,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("toggle", "idle", "failed"): IGNORED,
     ("toggle", "idle", "idle_timeout"): IGNORED,
     ("toggle", "idle", "retry_timer"): IGNORED,
+    ("toggle", "idle", "hang_up"): IGNORED,
     ("toggle", "connecting", "press"): ("idle", "close_mic disconnect led:idle earcon:ended"),
     ("toggle", "connecting", "release"): IGNORED,
     ("toggle", "connecting", "long_press"): ("idle", "close_mic disconnect led:idle earcon:ended"),
@@ -94,6 +95,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("toggle", "connecting", "idle_timeout"): IGNORED,
     ("toggle", "connecting", "retry_timer"): IGNORED,
+    ("toggle", "connecting", "hang_up"): ("idle", "close_mic disconnect led:idle earcon:ended"),
     ("toggle", "listening", "press"): (
         "idle",
         "close_mic stop_idle_timer disconnect led:idle earcon:ended",
@@ -121,6 +123,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("toggle", "listening", "idle_timeout"): ("idle", "close_mic disconnect led:idle earcon:ended"),
     ("toggle", "listening", "retry_timer"): IGNORED,
+    ("toggle", "listening", "hang_up"): (
+        "idle",
+        "close_mic stop_idle_timer disconnect led:idle earcon:ended",
+    ),
     ("toggle", "responding", "press"): (
         "listening",
         "stop_playback cancel_response truncate start_idle_timer led:listening",
@@ -151,6 +157,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("toggle", "responding", "idle_timeout"): IGNORED,
     ("toggle", "responding", "retry_timer"): IGNORED,
+    ("toggle", "responding", "hang_up"): ("responding", ""),
     ("toggle", "error", "press"): ("connecting", "cancel_retry connect open_mic led:connecting"),
     ("toggle", "error", "release"): IGNORED,
     ("toggle", "error", "long_press"): (
@@ -169,6 +176,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("toggle", "error", "failed"): ("error", "led:error_auth"),
     ("toggle", "error", "idle_timeout"): ("idle", "cancel_retry disconnect led:idle"),
     ("toggle", "error", "retry_timer"): ("connecting", "connect open_mic led:connecting"),
+    ("toggle", "error", "hang_up"): (
+        "idle",
+        "stop_idle_timer cancel_retry disconnect led:idle earcon:ended",
+    ),
     # push_to_talk
     ("push_to_talk", "idle", "press"): ("connecting", "connect open_mic led:connecting"),
     ("push_to_talk", "idle", "release"): IGNORED,
@@ -185,6 +196,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("push_to_talk", "idle", "failed"): IGNORED,
     ("push_to_talk", "idle", "idle_timeout"): IGNORED,
     ("push_to_talk", "idle", "retry_timer"): IGNORED,
+    ("push_to_talk", "idle", "hang_up"): IGNORED,
     ("push_to_talk", "idle_warm", "press"): (
         "listening",
         "stop_idle_timer clear_input open_mic led:listening earcon:listening",
@@ -203,6 +215,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("push_to_talk", "idle_warm", "failed"): ("idle", ""),
     ("push_to_talk", "idle_warm", "idle_timeout"): ("idle", "disconnect led:idle"),
     ("push_to_talk", "idle_warm", "retry_timer"): IGNORED,
+    ("push_to_talk", "idle_warm", "hang_up"): (
+        "idle",
+        "stop_idle_timer disconnect led:idle earcon:ended",
+    ),
     ("push_to_talk", "connecting", "press"): IGNORED,
     ("push_to_talk", "connecting", "release"): ("connecting", ""),
     ("push_to_talk", "connecting", "long_press"): IGNORED,
@@ -227,6 +243,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("push_to_talk", "connecting", "idle_timeout"): IGNORED,
     ("push_to_talk", "connecting", "retry_timer"): IGNORED,
+    ("push_to_talk", "connecting", "hang_up"): (
+        "idle",
+        "close_mic disconnect led:idle earcon:ended",
+    ),
     ("push_to_talk", "listening", "press"): IGNORED,
     ("push_to_talk", "listening", "release"): (
         "responding",
@@ -251,6 +271,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("push_to_talk", "listening", "idle_timeout"): IGNORED,
     ("push_to_talk", "listening", "retry_timer"): IGNORED,
+    ("push_to_talk", "listening", "hang_up"): (
+        "idle",
+        "close_mic disconnect led:idle earcon:ended",
+    ),
     ("push_to_talk", "responding", "press"): (
         "listening",
         "stop_playback cancel_response truncate clear_input open_mic led:listening",
@@ -275,6 +299,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ),
     ("push_to_talk", "responding", "idle_timeout"): IGNORED,
     ("push_to_talk", "responding", "retry_timer"): IGNORED,
+    ("push_to_talk", "responding", "hang_up"): ("responding", ""),
     ("push_to_talk", "error", "press"): (
         "connecting",
         "cancel_retry connect open_mic led:connecting",
@@ -293,6 +318,10 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("push_to_talk", "error", "failed"): ("error", "led:error_auth"),
     ("push_to_talk", "error", "idle_timeout"): ("idle", "cancel_retry disconnect led:idle"),
     ("push_to_talk", "error", "retry_timer"): ("connecting", "connect led:connecting"),
+    ("push_to_talk", "error", "hang_up"): (
+        "idle",
+        "stop_idle_timer cancel_retry disconnect led:idle earcon:ended",
+    ),
 }
 
 
@@ -433,6 +462,32 @@ def test_push_to_talk_waits_for_the_new_response_not_a_stale_done() -> None:
     # response.done of an earlier, cancelled response; the new one has not started yet.
     ctx = _run(ctx, Event.RESPONSE_DONE)
     assert transition(ctx, Event.PLAYBACK_DONE).state is State.RESPONDING
+
+
+def test_hang_up_waits_for_the_goodbye_to_play() -> None:
+    ctx = _run(initial(), Event.PRESS, Event.SESSION_READY, Event.RESPONSE_STARTED, Event.HANG_UP)
+    assert ctx.state is State.RESPONDING
+    ctx = _run(ctx, Event.RESPONSE_DONE)
+    ended = transition(ctx, Event.PLAYBACK_DONE)
+    assert ended.state is State.IDLE
+    assert Action.DISCONNECT in ended.steps
+
+
+def test_talking_over_the_goodbye_keeps_the_conversation() -> None:
+    ctx = _run(
+        initial(),
+        Event.PRESS,
+        Event.SESSION_READY,
+        Event.RESPONSE_STARTED,
+        Event.HANG_UP,
+        Event.SPEECH_STARTED,
+        Event.RESPONSE_DONE,
+        Event.SPEECH_STOPPED,
+        Event.RESPONSE_STARTED,
+        Event.RESPONSE_DONE,
+        Event.PLAYBACK_DONE,
+    )
+    assert ctx.state is State.LISTENING
 
 
 def test_events_of_a_closed_connection_change_nothing() -> None:
