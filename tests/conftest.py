@@ -7,6 +7,9 @@ import pytest
 
 from appliance.config import variable_names
 
+# Fixture modules of tests/fixtures/, one per real part (PulseAudio, emulator, ...).
+pytest_plugins: list[str] = []
+
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
