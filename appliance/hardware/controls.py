@@ -1,0 +1,222 @@
+"""The button and the LED, over gpiozero, with the pin factory injected from the settings.
+
+gpiozero calls the button handlers from its own threads (or, with ``MockFactory``, from
+whoever drives the pin); :class:`Controls` only hands them to the asyncio loop with
+``call_soon_threadsafe``. The LED is animated by one loop task (:meth:`LedPlayer.run`), so
+patterns change atomically with the state and a steady LED costs no wake-ups at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from appliance.config import GpioSettings, PinFactory
+from appliance.errors import ApplianceError
+from appliance.hardware.patterns import Pattern, pattern_for
+from appliance.state import ErrorKind, Event, LedPattern
+
+log = logging.getLogger(__name__)
+
+
+class GpioError(ApplianceError):
+    """The pins cannot be used (no GPIO chip, pin busy, backend missing)."""
+
+    kind = ErrorKind.DEVICE
+
+
+def make_pin_factory(choice: PinFactory) -> Any:
+    """A gpiozero pin factory, or None to let gpiozero pick (lgpio first)."""
+    try:
+        if choice is PinFactory.AUTO:
+            return None
+        if choice is PinFactory.MOCK:
+            return mock_pin_factory()
+        if choice is PinFactory.LGPIO:
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        if choice is PinFactory.RPIGPIO:
+            from gpiozero.pins.rpigpio import RPiGPIOFactory
+
+            return RPiGPIOFactory()
+        if choice is PinFactory.PIGPIO:
+            from gpiozero.pins.pigpio import PiGPIOFactory
+
+            return PiGPIOFactory()
+        from gpiozero.pins.native import NativeFactory
+
+        return NativeFactory()
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise GpioError(
+            f"GPIO backend {choice.value!r} is not usable here ({exc}); on a Raspberry Pi "
+            "install lgpio (scripts/install.sh does), or set APPLIANCE_PIN_FACTORY=mock"
+        ) from exc
+
+
+def mock_pin_factory(history: int = 4096) -> Any:
+    """gpiozero's own MockFactory with PWM pins whose state history is bounded.
+
+    MockPin records every change; a pulsing LED would otherwise grow that list for ever.
+    ``history`` 0 keeps everything (for tests that read the whole LED history).
+    """
+    from collections import deque
+
+    from gpiozero.pins.mock import MockFactory, MockPWMPin, PinState
+
+    class BoundedHistoryPin(MockPWMPin):  # type: ignore[misc]
+        def clear_states(self) -> None:
+            from time import monotonic
+
+            self._last_change = monotonic()
+            self.states = deque([PinState(0.0, self._state)], maxlen=history or None)
+
+    return MockFactory(pin_class=BoundedHistoryPin)
+
+
+class LedPlayer:
+    """Shows one pattern at a time on a gpiozero LED or PWMLED (or on nothing)."""
+
+    def __init__(
+        self,
+        led: Any | None,
+        *,
+        pwm: bool,
+        heartbeat: bool,
+        on_level: Callable[[float], None] | None = None,
+    ) -> None:
+        self._led = led
+        self.on_level = on_level  # told every brightness change (terminal view, tests)
+        self._pwm = pwm
+        self._heartbeat = heartbeat
+        self._pattern = pattern_for(LedPattern.IDLE, pwm=pwm, heartbeat=heartbeat)
+        self._changed = asyncio.Event()
+        self.level = 0.0
+        self.history: list[LedPattern] = []  # pattern changes, for the terminal view and tests
+
+    @property
+    def pattern(self) -> Pattern:
+        return self._pattern
+
+    def show(self, name: LedPattern) -> None:
+        if name is self._pattern.name and self.history:
+            return
+        self._pattern = pattern_for(name, pwm=self._pwm, heartbeat=self._heartbeat)
+        self.history.append(name)
+        self._changed.set()
+
+    def _write(self, level: float) -> None:
+        if self._led is not None:
+            self._led.value = level if self._pwm else (1 if level >= 0.5 else 0)
+        if level != self.level:
+            self.level = level
+            if self.on_level is not None:
+                self.on_level(level)
+
+    async def run(self) -> None:
+        """Animate until cancelled; a steady pattern sleeps until the next change."""
+        while True:
+            self._changed.clear()
+            pattern = self._pattern
+            if pattern.steady:
+                self._write(pattern.steps[0].level)
+                await self._changed.wait()
+                continue
+            while not self._changed.is_set():
+                for step in pattern.steps:
+                    self._write(step.level)
+                    try:
+                        async with asyncio.timeout(step.seconds):
+                            await self._changed.wait()
+                    except TimeoutError:
+                        continue
+                    break
+
+
+class Controls:
+    """Button and LED. Button events reach ``on_event`` on the loop; ``close()`` frees pins."""
+
+    def __init__(
+        self,
+        settings: GpioSettings,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[Event], None],
+        pin_factory: Any = None,
+        heartbeat: bool = False,
+    ) -> None:
+        from gpiozero import LED, PWMLED, Button
+        from gpiozero.exc import GPIOZeroError, PinPWMUnsupported
+
+        self._loop = loop
+        self._on_event = on_event
+        self._closed = False
+        self.button: Any = None
+        led: Any = None
+        try:
+            self.button = Button(
+                settings.button_pin,
+                pull_up=settings.button_pull_up,
+                bounce_time=settings.bounce_ms / 1000 or None,
+                hold_time=settings.hold_s,
+                pin_factory=pin_factory,
+            )
+            self.button.when_pressed = lambda: self._emit(Event.PRESS)
+            self.button.when_released = lambda: self._emit(Event.RELEASE)
+            self.button.when_held = lambda: self._emit(Event.LONG_PRESS)
+            pwm = True
+            if settings.led_pin is not None:
+                try:
+                    led = PWMLED(
+                        settings.led_pin,
+                        active_high=settings.led_active_high,
+                        pin_factory=pin_factory,
+                    )
+                except PinPWMUnsupported:
+                    pwm = False
+                    led = LED(
+                        settings.led_pin,
+                        active_high=settings.led_active_high,
+                        pin_factory=pin_factory,
+                    )
+        except (GPIOZeroError, OSError, RuntimeError) as exc:
+            if self.button is not None:
+                self.button.close()
+            raise GpioError(
+                f"cannot use GPIO (button {settings.button_pin}, LED {settings.led_pin}): {exc}"
+            ) from exc
+        self._led = led
+        self.led = LedPlayer(led, pwm=pwm, heartbeat=heartbeat)
+        log.info(
+            "button on %s, LED on %s%s",
+            settings.button_pin,
+            settings.led_pin or "nothing",
+            "" if pwm else " (no PWM: fades become blinks)",
+        )
+
+    def _emit(self, event: Event) -> None:
+        # Runs on a gpiozero thread (or the loop, with MockFactory driven from the loop).
+        if not self._closed:
+            self._loop.call_soon_threadsafe(self._on_event, event)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for device in (self.button, self._led):
+            if device is not None:
+                device.close()
+
+    def __enter__(self) -> Controls:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

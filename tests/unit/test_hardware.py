@@ -1,0 +1,266 @@
+"""Button and LED over gpiozero's own MockFactory pins, driven as a finger would."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from appliance.config import GpioSettings, PinFactory
+from appliance.hardware.controls import Controls, LedPlayer, make_pin_factory, mock_pin_factory
+from appliance.hardware.patterns import pattern_for
+from appliance.hardware.simulated import (
+    CommandError,
+    Finger,
+    TerminalView,
+    parse_command,
+    run_commands,
+)
+from appliance.state import Event, LedPattern
+
+
+def gpio(**overrides: object) -> GpioSettings:
+    return GpioSettings.model_validate(
+        {
+            "APPLIANCE_HOLD_S": 0.3,
+            "APPLIANCE_BOUNCE_MS": 0,
+            **{k: str(v) for k, v in overrides.items()},
+        }
+    )
+
+
+class Received:
+    """Button events as the loop receives them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._arrived.set()
+
+    async def until(self, *expected: Event) -> None:
+        async with asyncio.timeout(5):
+            while self.events[: len(expected)] != list(expected):
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@pytest.fixture
+def factory() -> MockFactory:
+    return mock_pin_factory(history=0)
+
+
+async def test_button_events_reach_the_loop(factory: MockFactory) -> None:
+    received = Received()
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
+    ) as controls:
+        finger = Finger(controls.button)
+        finger.press()
+        finger.release()
+        await received.until(Event.PRESS, Event.RELEASE)
+
+
+async def test_a_long_press_is_reported_while_still_held(factory: MockFactory) -> None:
+    received = Received()
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
+    ) as controls:
+        finger = Finger(controls.button)
+        finger.press()
+        await received.until(Event.PRESS, Event.LONG_PRESS)
+        assert finger.pressed
+        finger.release()
+        await received.until(Event.PRESS, Event.LONG_PRESS, Event.RELEASE)
+
+
+async def test_a_pull_down_button_is_pressed_by_driving_high(factory: MockFactory) -> None:
+    received = Received()
+    with Controls(
+        gpio(APPLIANCE_BUTTON_PULL_UP="false"),
+        loop=asyncio.get_running_loop(),
+        on_event=received,
+        pin_factory=factory,
+    ) as controls:
+        Finger(controls.button).press()
+        await received.until(Event.PRESS)
+        assert factory.pin(17).state
+
+
+async def test_closing_releases_the_pins(factory: MockFactory) -> None:
+    loop = asyncio.get_running_loop()
+    controls = Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory)
+    controls.close()
+    controls.close()  # idempotent
+    with Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory):
+        pass
+
+
+async def test_steady_patterns_are_set_once(factory: MockFactory) -> None:
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=Received(), pin_factory=factory
+    ) as controls:
+        led_pin = factory.pin(18)
+        player = controls.led
+        task = asyncio.create_task(player.run())
+        try:
+            levels = await _levels(player, LedPattern.LISTENING, count=1)
+            assert levels == [1.0]
+            assert led_pin.state == 1.0
+            levels = await _levels(player, LedPattern.IDLE, count=1)
+            assert levels == [0.0]
+            assert led_pin.state == 0.0
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def _levels(player: LedPlayer, pattern: LedPattern, count: int) -> list[float]:
+    seen: list[float] = []
+    enough = asyncio.Event()
+
+    def record(level: float) -> None:
+        seen.append(level)
+        if len(seen) >= count:
+            enough.set()
+
+    player.on_level = record
+    player.show(pattern)
+    async with asyncio.timeout(5):
+        await enough.wait()
+    player.on_level = None
+    return seen
+
+
+async def test_the_offline_error_blinks_twice_then_pauses(factory: MockFactory) -> None:
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=Received(), pin_factory=factory
+    ) as controls:
+        task = asyncio.create_task(controls.led.run())
+        try:
+            levels = await _levels(controls.led, LedPattern.ERROR_OFFLINE, count=5)
+            assert levels[:5] == [1.0, 0.0, 1.0, 0.0, 1.0]
+            assert controls.led.history == [LedPattern.ERROR_OFFLINE]
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    # The pin went through those levels too.
+    assert [s.state for s in factory.pin(18).states][1:5] == [1.0, 0.0, 1.0, 0.0]
+
+
+async def test_a_led_without_pwm_falls_back_to_on_off() -> None:
+    factory = MockFactory(pin_class=MockPin)
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=Received(), pin_factory=factory
+    ) as controls:
+        task = asyncio.create_task(controls.led.run())
+        try:
+            levels = await _levels(controls.led, LedPattern.RESPONDING, count=3)
+            assert set(levels) <= {0.0, 1.0}
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+def test_patterns() -> None:
+    for name in LedPattern:
+        pattern = pattern_for(name)
+        assert pattern.steps
+        assert all(0.0 <= step.level <= 1.0 for step in pattern.steps)
+        plain = pattern_for(name, pwm=False)
+        assert {step.level for step in plain.steps} <= {0.0, 1.0}
+    assert pattern_for(LedPattern.LISTENING).steady
+    assert pattern_for(LedPattern.IDLE).steady
+    assert not pattern_for(LedPattern.IDLE, heartbeat=True).steady
+    errors = [n for n in LedPattern if n.value.startswith("error_")]
+    looks = {pattern_for(n).look for n in errors}
+    assert len(looks) == len(errors), "every error class must look different"
+    pulse = pattern_for(LedPattern.RESPONDING)
+    assert 0 < min(s.level for s in pulse.steps) < 0.5 < max(s.level for s in pulse.steps)
+
+
+def test_pin_factory_choices() -> None:
+    assert make_pin_factory(PinFactory.AUTO) is None
+    assert isinstance(make_pin_factory(PinFactory.MOCK), MockFactory)
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("press", ("press", 0.0)),
+        ("  CLICK ", ("click", 0.0)),
+        ("hold 2.5", ("hold", 2.5)),
+        ("wait 0", ("wait", 0.0)),
+        ("quit", ("quit", 0.0)),
+        ("# a comment", None),
+        ("", None),
+        ("release # done", ("release", 0.0)),
+    ],
+)
+def test_parse_command(line: str, command: tuple[str, float] | None) -> None:
+    assert parse_command(line) == command
+
+
+@pytest.mark.parametrize("line", ["jump", "hold", "hold x", "wait -1", "press now"])
+def test_bad_commands_say_what_is_allowed(line: str) -> None:
+    with pytest.raises(CommandError):
+        parse_command(line)
+
+
+async def test_stdin_commands_drive_the_button(factory: MockFactory) -> None:
+    received = Received()
+    quit_requested = asyncio.Event()
+    lines = iter(["press\n", "release\n", "bogus\n", "click\n", "hold 0.4\n", "quit\n", "press\n"])
+
+    async def next_line() -> str:
+        return next(lines, "")
+
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
+    ) as controls:
+        await run_commands(next_line, Finger(controls.button), quit_requested.set)
+        assert quit_requested.is_set()
+        await received.until(
+            Event.PRESS,
+            Event.RELEASE,
+            Event.PRESS,
+            Event.RELEASE,
+            Event.PRESS,
+            Event.LONG_PRESS,
+            Event.RELEASE,
+        )
+        assert not controls.button.is_pressed  # nothing after quit was carried out
+
+
+def test_view_prints_a_line_per_change_when_not_on_a_terminal() -> None:
+    out = io.StringIO()
+    view = TerminalView(out)
+    assert not view.live
+    view.state("listening", pattern_for(LedPattern.LISTENING))
+    view.state("listening", pattern_for(LedPattern.LISTENING))
+    view.transcript("user", "what time is it", final=False)
+    view.transcript("user", "what time is it", final=True)
+    view.mic_level(0.5)
+    assert out.getvalue().splitlines() == [
+        "state listening  led listening (on)",
+        "user: what time is it",
+    ]
+
+
+def test_live_view_renders_led_state_words_and_meter() -> None:
+    view = TerminalView(io.StringIO(), live=True)
+    view.attach_led(lambda: 0.4)
+    view.state("responding", pattern_for(LedPattern.RESPONDING))
+    view.transcript("assistant", "It is noon", final=False)
+    view.mic_level(0.2)
+    line = view.render()
+    assert line.startswith("◐ slow pulse")
+    assert "responding" in line
+    assert "It is noon" in line
