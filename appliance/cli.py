@@ -167,7 +167,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    return _not_available("emulator")
+    """Serve the local Voice Live emulator until SIGINT/SIGTERM; any credential is accepted."""
+    import asyncio
+    import signal
+
+    from appliance.emulator import Emulator
+    from appliance.system.journal import setup_logging
+
+    _Masking.filter = setup_logging(args.log_level or "INFO")
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with Emulator(args.host, args.port) as emulator:
+            print(f"Voice Live emulator listening on {emulator.url}", flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())
+    return 0
 
 
 COMMANDS = {
