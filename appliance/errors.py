@@ -55,11 +55,21 @@ class AudioDeviceError(ApplianceError):
 
 
 class ServiceError(ApplianceError):
-    """Voice Live refused or failed. ``kind`` tells offline, auth and rate limiting apart."""
+    """Voice Live refused or failed. ``kind`` tells offline, auth and rate limiting apart.
 
-    def __init__(self, message: str, kind: ErrorKind = ErrorKind.SERVICE) -> None:
+    ``retry_after`` is the wait in seconds the service asked for (HTTP 429 Retry-After), if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        kind: ErrorKind = ErrorKind.SERVICE,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
 
 
 class NotAvailableYet(ApplianceError):
