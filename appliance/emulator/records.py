@@ -71,6 +71,7 @@ class ConnectionRecord:
     close_code: int | None = None
     closed_by: Closer | None = None
     session_id: str = ""
+    pings: int = 0  # WebSocket pings received (answered unless a fault says otherwise)
     # A responder for this connection only (else the emulator's).
     responder: Responder | None = None
     _changes: Changes = field(default_factory=Changes, repr=False)

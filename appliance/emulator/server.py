@@ -52,6 +52,7 @@ PATH: Final = "/voice-live/realtime"
 API_VERSION: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_AUDIO_SPEED: Final = 8.0
+CLOSE_WAIT_S: Final = 2.0  # how long shutting down waits for a client to answer the close
 
 
 class _Stop(Exception):
@@ -137,9 +138,9 @@ class Emulator:
         if self._runner is None or self._closed:
             return
         self._closed = True
-        await asyncio.gather(
-            *(connection.close(1001, "server shutting down") for connection in list(self._live))
-        )
+        async with asyncio.TaskGroup() as group:
+            for connection in list(self._live):
+                group.create_task(connection.shut_down())
         await self._runner.cleanup()
         self._runner = None
 
@@ -387,6 +388,8 @@ class _Connection:
         self._sent_count = 0
         self._ending = False
         self._closer: asyncio.Task[Any] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()  # the socket is done with: the tasks may end
 
     def _responder(self) -> Responder:
         return self.record.responder or self.emulator.responder
@@ -405,11 +408,12 @@ class _Connection:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
+                self._reader = self._spawn(self._read_loop())
                 self._spawn(self._write_loop())
                 self.record.faults.attach(self._arm)
                 for event in self.conversation.open():
                     self._outbox.put_nowait(event)
-                await self._read_loop()
+                await self._finished.wait()
                 self._end_tasks()
         except* _Stop:
             pass
@@ -429,13 +433,14 @@ class _Connection:
                 self.record.close_code,
             )
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None] | None:
         if self._group is None or self._ending:
             coroutine.close()
-            return
-        task = self._group.create_task(coroutine)
+            return None
+        task: asyncio.Task[None] = self._group.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _end_tasks(self) -> None:
         """Cancel the connection's tasks, except one that is closing the socket."""
@@ -448,14 +453,30 @@ class _Connection:
         """Close from the service side (a fault, or the emulator shutting down)."""
         await self._perform(Close(code, reason), closed_by="emulator")
 
+    async def shut_down(self) -> None:
+        """Close with 1001; a client that never answers the close frame is cut off."""
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.close(1001, "server shutting down")
+        except TimeoutError:
+            log.debug("connection %d did not answer the close in time", self.record.number)
+
     # ----------------------------------------------------------------- reading
     async def _read_loop(self) -> None:
+        try:
+            await self._read_messages()
+        finally:
+            self._finished.set()
+
+    async def _read_messages(self) -> None:
         websocket = self.websocket
         while True:
             message = await websocket.receive()
             if message.type == WSMsgType.TEXT:
                 self._received(message.data)
             elif message.type == WSMsgType.PING:
+                self.record.pings += 1
+                self.emulator._changes.notify()
                 if not self.record.faults.ignore_pings:
                     await websocket.pong(message.data)
             elif message.type == WSMsgType.BINARY:
@@ -612,8 +633,17 @@ class _Connection:
         self.record.close_code = action.code
         self._closer = asyncio.current_task()
         self._end_tasks()
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await websocket.close(code=action.code, message=action.reason.encode("utf-8"))
+        # A proper closing handshake, as the service does: the reader stops first (receive is
+        # cancel-safe), then close() sends our frame and reads until the client's reply, so
+        # the client sees our code even if it was not reading at that moment.
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            await asyncio.wait([reader])
+        try:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await websocket.close(code=action.code, message=action.reason.encode("utf-8"))
+        finally:
+            self._finished.set()
 
 
 def _credential(request: web.Request) -> tuple[AuthScheme | None, str]:
