@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -135,3 +136,52 @@ def _g711_encode(samples: Samples, table: Samples) -> npt.NDArray[np.uint8]:
 
 _ULAW_DECODE: Final = _ulaw_decode_table()
 _ALAW_DECODE: Final = _alaw_decode_table()
+
+
+class SampleBuffer:
+    """Samples ``[start, end)`` of a stream, kept as the chunks appended.
+
+    Appending never copies what is already held, so a long turn made of many small
+    appends costs linear time; a range is joined only when it is taken.
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        self._chunks: deque[Samples] = deque()
+        self.start = start
+        self.end = start
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def append(self, samples: Samples) -> None:
+        if samples.size:
+            self._chunks.append(samples)
+            self.end += samples.size
+
+    def take(self, start: int, end: int) -> Samples:
+        """A copy of the samples ``[start, end)`` (clamped to what is held)."""
+        start, end = max(start, self.start), min(end, self.end)
+        parts: list[Samples] = []
+        offset = self.start
+        for chunk in self._chunks:
+            chunk_end = offset + chunk.size
+            if chunk_end > start and offset < end:
+                parts.append(chunk[max(0, start - offset) : min(chunk.size, end - offset)])
+            if chunk_end >= end:
+                break
+            offset = chunk_end
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int16)
+
+    def drop_before(self, sample: int) -> None:
+        """Forget the samples before ``sample``."""
+        sample = min(max(sample, self.start), self.end)
+        while self._chunks and self.start + self._chunks[0].size <= sample:
+            self.start += self._chunks.popleft().size
+        if self._chunks and sample > self.start:
+            self._chunks[0] = self._chunks[0][sample - self.start :]
+            self.start = sample
+
+    def clear(self, at: int | None = None) -> None:
+        """Forget everything; the next sample appended is ``at`` (default: where it ended)."""
+        self._chunks.clear()
+        self.start = self.end = self.end if at is None else at

@@ -3,8 +3,9 @@
 A :class:`FaultPlan` belongs to one connection. Arm it before the connection exists
 (``emulator.faults.next_connection()``, ``emulator.faults.for_connection(n)``) or while it is
 open (``emulator.connections[i].faults``). A fault fires after a number of server events
-and/or emulated seconds counted from when it starts to apply (the connection's start for a
-plan armed in advance, the arming itself for an open connection); with neither, at once.
+or emulated seconds counted from when it starts to apply (the connection's start for a
+plan armed in advance, the arming itself for an open connection); with neither, at once;
+with both, the events are counted once the seconds have passed.
 Emulated seconds are multiplied by the emulator's ``time_scale`` to give wall time, so a
 test plays the service's 60-minute cap in a fraction of a second.
 

@@ -26,6 +26,7 @@ from appliance.emulator.audio import (
     INPUT_SAMPLING_RATES,
     OUTPUT_FORMATS,
     OUTPUT_RATE,
+    SampleBuffer,
     Samples,
     b64decode,
     b64encode,
@@ -178,9 +179,7 @@ class Conversation:
         self._format = input_format(self.session)
         self._samples_base = 0  # session samples before the last format change ...
         self._ms_base = 0  # ... and the audio time they took
-        self._buffer: Samples = np.empty(0, dtype=np.int16)
-        self._buffer_start = 0
-        self._buffer_end = 0
+        self._input = SampleBuffer()
         self._vad: EnergyVad | None = None
         self._speech_item_id: str | None = None
         self._speech_start = 0
@@ -286,7 +285,7 @@ class Conversation:
                 speech_duration_ms=int(detection.get("speech_duration_ms") or 0),
             )
             self._vad = EnergyVad(settings, self._format.rate)
-            self._vad.reset(self._buffer_end)
+            self._vad.reset(self._input.end)
         self._speech_item_id = None
 
     def _previous_item_id(self) -> str | None:
@@ -317,10 +316,10 @@ class Conversation:
         self.session = merged
         if input_changed:
             # Audio time continues; the buffer in the old format is dropped.
-            self._ms_base = self._sample_ms(self._buffer_end)
+            self._ms_base = self._sample_ms(self._input.end)
             self._format = input_format(merged)
-            self._samples_base = self._buffer_start = self._buffer_end = 0
-            self._buffer = np.empty(0, dtype=np.int16)
+            self._samples_base = 0
+            self._input.clear(at=0)
         if input_changed or detection_changed:
             self._configure_input()
         return [self._event("session.updated", session=copy.deepcopy(self.session))]
@@ -337,8 +336,7 @@ class Conversation:
                 "invalid_value", "Invalid audio: not base64.", param="audio"
             ) from exc
         samples = self._format.decode(data)
-        self._buffer = np.concatenate((self._buffer, samples)) if self._buffer.size else samples
-        self._buffer_end += samples.size
+        self._input.append(samples)
         out: list[Event] = []
         if self._vad is not None:
             for vad_event in self._vad.feed(samples):
@@ -359,15 +357,13 @@ class Conversation:
             + 1000
         )
         keep = keep_ms * self._format.rate // 1000
-        if self._buffer.size > 2 * keep:
-            drop = self._buffer.size - keep
-            self._buffer = self._buffer[drop:].copy()
-            self._buffer_start += drop
+        if len(self._input) > 2 * keep:
+            self._input.drop_before(self._input.end - keep)
 
     def _speech_started(self, started: SpeechStarted) -> list[Event]:
         item_id = self._next_id("item")
         self._speech_item_id = item_id
-        self._speech_start = max(started.start_sample, self._buffer_start)
+        self._speech_start = max(started.start_sample, self._input.start)
         out = [
             self._event(
                 "input_audio_buffer.speech_started",
@@ -397,7 +393,7 @@ class Conversation:
         return out
 
     def _commit(self, event: Mapping[str, Any]) -> list[Event]:
-        buffered_ms = self._sample_ms(self._buffer_end) - self._sample_ms(self._buffer_start)
+        buffered_ms = self._sample_ms(self._input.end) - self._sample_ms(self._input.start)
         if buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError(
                 "input_audio_buffer_commit_empty",
@@ -405,19 +401,16 @@ class Conversation:
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered_ms:.2f}ms of audio.",
             )
         item_id = self._speech_item_id or self._next_id("item")
-        out = self._commit_range(self._buffer_start, self._buffer_end, item_id)
+        out = self._commit_range(self._input.start, self._input.end, item_id)
         if self._vad is not None:
-            self._vad.reset(self._buffer_end)
+            self._vad.reset(self._input.end)
         self._speech_item_id = None
         return out
 
     def _commit_range(self, start: int, end: int, item_id: str) -> list[Event]:
-        start = max(start, self._buffer_start)
-        end = min(end, self._buffer_end)
-        audio = self._buffer[start - self._buffer_start : end - self._buffer_start].copy()
+        audio = self._input.take(start, end)
         # What follows the committed range stays in the buffer for the next turn.
-        self._buffer = self._buffer[end - self._buffer_start :].copy()
-        self._buffer_start = end
+        self._input.drop_before(end)
         previous = self._previous_item_id()
         transcribing = self.session.get("input_audio_transcription") is not None
         seconds = describe_seconds(audio.size / self._format.rate)
@@ -458,10 +451,9 @@ class Conversation:
         return out
 
     def _clear(self, event: Mapping[str, Any]) -> list[Event]:
-        self._buffer = np.empty(0, dtype=np.int16)
-        self._buffer_start = self._buffer_end
+        self._input.clear()
         if self._vad is not None:
-            self._vad.reset(self._buffer_end)
+            self._vad.reset(self._input.end)
         self._speech_item_id = None
         return [self._event("input_audio_buffer.cleared")]
 

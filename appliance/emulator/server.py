@@ -466,7 +466,10 @@ class _Connection:
         try:
             await self._read_messages()
         finally:
-            self._finished.set()
+            # During a close from our side the closer says when the socket is done: if the
+            # handler returned now, aiohttp would close with 1000 before our code went out.
+            if self._closer is None:
+                self._finished.set()
 
     async def _read_messages(self) -> None:
         websocket = self.websocket
@@ -582,7 +585,7 @@ class _Connection:
         if scheduled.after_seconds is not None:
             await asyncio.sleep(scheduled.after_seconds * self.emulator.time_scale)
         if scheduled.after_events is not None:
-            # Both given: whichever comes later; count from the arming, already passed.
+            # Both given: the events are counted from when the seconds have passed.
             self._event_faults.append((self._sent_count + scheduled.after_events, scheduled.action))
             return
         if isinstance(scheduled.action, Malformed | SendError):

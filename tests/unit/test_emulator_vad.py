@@ -102,3 +102,22 @@ def test_resample_keeps_duration_and_tone_is_soft() -> None:
     wave = tone(0.5)
     assert wave.size == 12000
     assert 0 < np.abs(wave).max() <= 0.2 * 32767 + 1
+
+
+def test_sample_buffer_takes_ranges_across_chunks_and_drops() -> None:
+    from appliance.emulator.audio import SampleBuffer
+
+    buffer = SampleBuffer()
+    stream = np.arange(1000, dtype=np.int16)
+    for start in range(0, 1000, 70):
+        buffer.append(stream[start : start + 70])
+    assert (buffer.start, buffer.end, len(buffer)) == (0, 1000, 1000)
+    assert buffer.take(65, 215).tolist() == stream[65:215].tolist()
+    assert buffer.take(-5, 3).tolist() == [0, 1, 2]
+    buffer.drop_before(100)
+    assert buffer.start == 100
+    assert buffer.take(0, 105).tolist() == stream[100:105].tolist()
+    assert buffer.take(990, 2000).tolist() == stream[990:].tolist()
+    buffer.clear()
+    assert (buffer.start, buffer.end) == (1000, 1000)
+    assert buffer.take(0, 2000).size == 0
