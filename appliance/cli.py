@@ -176,17 +176,26 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     _Masking.filter = setup_logging(args.log_level or "INFO")
 
-    async def serve() -> None:
+    async def serve() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Emulator(args.host, args.port) as emulator:
+        emulator = Emulator(args.host, args.port)
+        try:
+            await emulator.start()
+        except OSError as exc:  # the port is taken, the address is not this machine's, ...
+            print(
+                f"appliance: the emulator cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        async with emulator:
             print(f"Voice Live emulator listening on {emulator.url}", flush=True)
             await stop.wait()
+        return 0
 
-    asyncio.run(serve())
-    return 0
+    return asyncio.run(serve())
 
 
 COMMANDS = {
