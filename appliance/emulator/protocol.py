@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import copy
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +51,7 @@ from appliance.emulator.responders import (
 from appliance.emulator.vad import EnergyVad, SpeechStarted, SpeechStopped, VadSettings
 
 Event = dict[str, Any]
+log = logging.getLogger("appliance.emulator")
 
 TURN_DETECTION_TYPES: Final = frozenset(
     {"server_vad", "azure_semantic_vad", "azure_semantic_vad_en", "azure_semantic_vad_multilingual"}
@@ -175,7 +177,7 @@ class Conversation:
         self.truncations: list[Truncation] = []
         self.response: ActiveResponse | None = None
         self.responses_started = 0
-        # Input audio: samples since the session began, the buffer holds [buffer_start, end).
+        # Input audio, counted in samples since the session began (or the last format change).
         self._format = input_format(self.session)
         self._samples_base = 0  # session samples before the last format change ...
         self._ms_base = 0  # ... and the audio time they took
@@ -236,10 +238,7 @@ class Conversation:
         response = self.response
         if response is None or response.id != response_id:
             return None
-        step = next(response.steps, None)
-        if step is None:
-            return None
-        return step
+        return next(response.steps, None)
 
     # ----------------------------------------------------------------- helpers
     def _next_id(self, prefix: str) -> str:
@@ -632,7 +631,11 @@ class Conversation:
             response=copy.deepcopy(dict(params)),
             tools=tuple(tool for tool in tools if isinstance(tool, dict)),
         )
-        replies = replies_of(self.options.responder()(turn))
+        try:
+            replies = replies_of(self.options.responder()(turn))
+        except Exception as exc:  # a test's responder failing: the response fails, visibly
+            log.exception("the responder failed on response %s", response.id)
+            replies = [Failure("responder_error", f"The responder failed: {exc!r}")]
         response.steps = self._response_steps(response, turn, replies)
         out = [
             self._event(

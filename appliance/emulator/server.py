@@ -555,19 +555,22 @@ class _Connection:
         delay = self.record.faults.event_delay_s * self.emulator.time_scale
         if delay > 0:
             await asyncio.sleep(delay)
-        try:
-            await self.websocket.send_str(json.dumps(event, separators=(",", ":")))
-        except (ConnectionError, RuntimeError) as exc:
-            # The client went away mid-send; the reader sees the close and ends the group.
-            log.debug("connection %d: send failed: %s", self.record.number, exc)
-            raise _Stop from exc
-        self.record.sent.append(event)
-        self._sent_count += 1
-        self.emulator._changes.notify()
+        await self._send_text(json.dumps(event, separators=(",", ":")), event)
         due = [fault for fault in self._event_faults if fault[0] <= self._sent_count]
         for fault in due:
             self._event_faults.remove(fault)
             await self._perform(fault[1], closed_by="server")
+
+    async def _send_text(self, text: str, recorded_as: Event) -> None:
+        try:
+            await self.websocket.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            # The client went away mid-send: this connection is over.
+            log.debug("connection %d: send failed: %s", self.record.number, exc)
+            raise _Stop from exc
+        self.record.sent.append(recorded_as)
+        self._sent_count += 1
+        self.emulator._changes.notify()
 
     # ----------------------------------------------------------------- faults
     def _arm(self, scheduled: Scheduled) -> None:
@@ -615,10 +618,7 @@ class _Connection:
                 return
             action = Close(1001, "session_expired")
         if isinstance(action, Malformed):
-            await websocket.send_str(action.text)
-            self.record.sent.append({"type": None, "raw": action.text})
-            self._sent_count += 1
-            self.emulator._changes.notify()
+            await self._send_text(action.text, {"type": None, "raw": action.text})
             return
         if websocket.closed or self.record.closed_by is not None:
             return

@@ -678,3 +678,15 @@ def test_g711_input_is_decoded_for_turn_detection() -> None:
     )
     assert events[0]["type"] == "input_audio_buffer.speech_started"
     assert events[1]["audio_end_ms"] == 1500
+
+
+def test_a_failing_responder_fails_the_response_visibly(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(turn: Turn) -> Text:
+        raise ValueError("script bug")
+
+    driver = Driver(responder=lambda: broken)
+    driver.send({"type": "response.create"})
+    done = driver.stream()[-1]["response"]
+    assert done["status"] == "failed"
+    assert done["status_details"]["error"]["code"] == "responder_error"
+    assert "script bug" in caplog.text
