@@ -76,8 +76,6 @@ def managed_identity_source(environ: Mapping[str, str]) -> str:
             return "Azure Arc agent (IDENTITY_ENDPOINT, IMDS_ENDPOINT)"
     if environ.get("MSI_ENDPOINT"):
         return "MSI_ENDPOINT"
-    if environ.get("AZURE_FEDERATED_TOKEN_FILE"):
-        return "workload identity (AZURE_FEDERATED_TOKEN_FILE)"
     return "the Azure instance metadata service (IMDS; Azure VMs only)"
 
 

@@ -30,6 +30,7 @@ Role = Literal["user", "assistant"]
 
 MAX_TEXT_CHARS = 1000  # per message: a few spoken paragraphs
 INTERRUPTED_MARK = "…"
+_HEARD_SLACK_MS = 50.0  # a truncation this close to the end heard it all
 
 
 @dataclass(slots=True)
@@ -44,14 +45,13 @@ class Message:
         if not self.text:
             return None
         text = self.text.strip()
-        if self.heard_ms is not None and self.audio_ms > 0:
-            share = max(0.0, min(1.0, self.heard_ms / self.audio_ms))
+        if self.heard_ms is not None and self.heard_ms < self.audio_ms - _HEARD_SLACK_MS:
+            # Words are spread evenly enough over the audio for a sentence-level cut.
             words = text.split()
-            kept = round(len(words) * share)
+            kept = round(len(words) * max(0.0, self.heard_ms / self.audio_ms))
             if kept == 0:
                 return None
-            if kept < len(words):
-                text = " ".join(words[:kept]) + INTERRUPTED_MARK
+            text = " ".join(words[:kept]) + INTERRUPTED_MARK
         if len(text) > MAX_TEXT_CHARS:
             text = text[:MAX_TEXT_CHARS].rstrip() + INTERRUPTED_MARK
         return text or None
