@@ -21,6 +21,10 @@ class FakeClock:
         self.now += seconds
 
 
+def outage_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "test.outage"]
+
+
 def offline() -> ServiceError:
     return ServiceError("unreachable", ErrorKind.OFFLINE)
 
@@ -150,16 +154,16 @@ def test_outage_is_logged_once_at_warning_then_debug_then_recovery_at_info(
     outages.failed(offline(), 2.0)
     clock.advance(2.0)
     assert outages.recovered() == pytest.approx(3.5)
-    levels = [r.levelno for r in caplog.records]
+    levels = [r.levelno for r in outage_records(caplog)]
     assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.INFO]
-    assert "unreachable" in caplog.records[0].getMessage()
-    recovery = caplog.records[-1]
+    assert "unreachable" in outage_records(caplog)[0].getMessage()
+    recovery = outage_records(caplog)[-1]
     assert "3.5 s" in recovery.getMessage()
     assert getattr(recovery, FIELD_OUTAGE_MS) == "3500.0"
     # A new outage is news again.
     caplog.clear()
     outages.failed(offline(), 0.5)
-    assert caplog.records[0].levelno == logging.WARNING
+    assert outage_records(caplog)[0].levelno == logging.WARNING
 
 
 def test_a_different_kind_of_failure_is_reported_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -169,7 +173,7 @@ def test_a_different_kind_of_failure_is_reported_again(caplog: pytest.LogCapture
     outages.failed(offline(), 1.0)
     outages.failed(ServiceError("HTTP 401", ErrorKind.AUTH), 30.0)
     outages.failed(ServiceError("HTTP 401", ErrorKind.AUTH), 30.0)
-    levels = [r.levelno for r in caplog.records]
+    levels = [r.levelno for r in outage_records(caplog)]
     assert levels == [logging.WARNING, logging.DEBUG, logging.WARNING, logging.DEBUG]
 
 
@@ -177,4 +181,4 @@ def test_recovery_without_an_outage_logs_nothing(caplog: pytest.LogCaptureFixtur
     outages = OutageLog(logging.getLogger("test.outage"))
     caplog.set_level(logging.DEBUG, logger="test.outage")
     assert outages.recovered() is None
-    assert caplog.records == []
+    assert outage_records(caplog) == []
