@@ -38,20 +38,26 @@ FIELD_OUTAGE_MS = "APPLIANCE_OUTAGE_MS"
 
 
 class Classified(Protocol):
-    """An error the policy understands: appliance.errors.ServiceError has both attributes."""
+    """A failure with a kind: ServiceError, the session's Disconnected event.
 
-    kind: ErrorKind
-    retry_after: float | None
+    A ``retry_after`` attribute (seconds, from HTTP 429) is honoured when present.
+    """
+
+    @property
+    def kind(self) -> ErrorKind: ...
 
 
-def _kind_of(error: Classified | ErrorKind | BaseException | None) -> ErrorKind:
+Failure = Classified | ErrorKind | BaseException
+
+
+def _kind_of(error: Failure | None) -> ErrorKind:
     if isinstance(error, ErrorKind):
         return error
     kind = getattr(error, "kind", None)
     return kind if isinstance(kind, ErrorKind) else ErrorKind.OFFLINE
 
 
-def _retry_after_of(error: Classified | ErrorKind | BaseException | None) -> float | None:
+def _retry_after_of(error: Failure | None) -> float | None:
     value = getattr(error, "retry_after", None)
     return float(value) if isinstance(value, int | float) and value >= 0 else None
 
@@ -101,7 +107,7 @@ class Backoff:
                 return self.cap
         return min(step, self.cap)
 
-    def next_delay(self, error: Classified | ErrorKind | BaseException | None = None) -> float:
+    def next_delay(self, error: Failure | None = None) -> float:
         """Seconds to wait before the next attempt, after this failure."""
         if self._connected_at is not None:
             if self._clock() - self._connected_at >= self.healthy_after:
@@ -180,7 +186,7 @@ class OutageLog:
     def in_outage(self) -> bool:
         return self._since is not None
 
-    def failed(self, error: Classified | ErrorKind | BaseException, delay: float) -> None:
+    def failed(self, error: Failure, delay: float) -> None:
         """An attempt failed (or the connection dropped); the next one is in ``delay`` s."""
         kind = _kind_of(error)
         self._attempts += 1
@@ -194,7 +200,7 @@ class OutageLog:
             level,
             "Voice Live unavailable (%s): %s; retrying in %.1f s (attempt %d)",
             kind.value,
-            error,
+            getattr(error, "cause", None) or error,
             delay,
             self._attempts,
         )

@@ -101,6 +101,9 @@ class Disconnected:
     close_code: int | None
     kind: ErrorKind
 
+    def __str__(self) -> str:
+        return self.cause
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCalled:
@@ -199,6 +202,7 @@ class VoiceSession:
         self._link_changed = asyncio.Event()
         self._closed = False
         self._opening: asyncio.Task[_Link] | None = None  # connect()'s attempt in flight
+        self._renewal_failures = 0
         self._send_ids = itertools.count()
         self._pending_sends: dict[int, float] = {}
 
@@ -610,7 +614,9 @@ class VoiceSession:
         self.counters.disconnects += 1
         self.counters.last_error = cause
         self.counters.last_error_at = _now_text()
-        log.info("Voice Live connection %d lost: %s", link.number, cause)
+        # The appliance reports outages (once at WARNING, see backoff.OutageLog); a service
+        # that accepts and drops in a loop must not flood the log from here.
+        log.debug("Voice Live connection %d lost: %s", link.number, cause)
         # Delivered on the next loop iteration: the loss may be noticed inside a send the
         # appliance itself is awaiting, and its handler must not run re-entrantly.
         disconnected = Disconnected(cause, close_code, link.kind)
@@ -845,8 +851,11 @@ class VoiceSession:
         try:
             new = await self._open_link()
         except ServiceError as exc:
-            log.warning("renewing the Voice Live connection failed (%s); will retry", exc)
+            self._renewal_failures += 1
+            level = logging.WARNING if self._renewal_failures == 1 else logging.DEBUG
+            log.log(level, "renewing the Voice Live connection failed (%s); will retry", exc)
             return False
+        self._renewal_failures = 0
         age = time.monotonic() - old.opened_at
         if old is not self._current or old.lost:
             self._retire(new)

@@ -484,6 +484,22 @@ async def test_a_handshake_that_never_completes_times_out_as_offline() -> None:
         await session.close()
 
 
+async def test_a_service_that_never_confirms_the_session_times_out(
+    make_emulator: MakeEmulator, open_session: OpenSession
+) -> None:
+    emulator = await make_emulator(api_key=TEST_KEY)
+    emulator.faults.next_connection().delay_events(30.0)
+    settings = make_settings({"APPLIANCE_CONNECT_TIMEOUT_S": "0.3"})
+    session, _ = await open_session(emulator, settings)
+    with pytest.raises(ServiceError, match=r"no session\.updated") as caught:
+        await session.connect()
+    assert caught.value.kind is ErrorKind.SERVICE
+    await emulator.connections[0].wait_closed()
+    assert emulator.connections[0].closed_by == "client"
+    await session.connect()  # the next connection answers at once
+    assert session.ready
+
+
 async def test_the_session_stays_under_the_connection_quota(
     make_emulator: MakeEmulator, open_session: OpenSession
 ) -> None:
@@ -673,6 +689,42 @@ async def test_the_connection_is_renewed_between_turns_before_the_cap(
     await events.wait_for("response.done", 2)
     assert events.of(Disconnected) == []
     assert all(record.closed_by != "server" for record in emulator.connections)
+
+
+class Warned(logging.Handler):
+    """Sets an event when a WARNING arrives (the test waits for it, with a deadline)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = asyncio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.seen.set()
+
+
+async def test_a_failed_renewal_leaves_the_connection_in_use(
+    make_emulator: MakeEmulator, open_session: OpenSession
+) -> None:
+    emulator = await make_emulator(api_key=TEST_KEY)
+    settings = make_settings({"APPLIANCE_CONNECTION_MAX_S": "0.2"})
+    session, events = await open_session(emulator, settings)
+    warned = Warned()
+    logger = logging.getLogger("appliance.voice.session")
+    logger.addHandler(warned)
+    try:
+        await session.connect()
+        emulator.faults.refuse_handshakes(503)  # the renewal's handshake, due in 0.2 s
+        await asyncio.wait_for(warned.seen.wait(), WAIT)
+    finally:
+        logger.removeHandler(warned)
+    assert "renewing the Voice Live connection failed" in warned.messages[0]
+    assert [h.status for h in emulator.handshakes] == [101, 503]
+    assert session.ready
+    assert session.session_id == emulator.connections[0].session_id
+    await vad_turn(session, events)
+    assert events.of(Disconnected) == []
 
 
 # ---- device tools -------------------------------------------------------------------------------

@@ -182,3 +182,20 @@ def test_recovery_without_an_outage_logs_nothing(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.DEBUG, logger="test.outage")
     assert outages.recovered() is None
     assert outage_records(caplog) == []
+
+
+def test_a_disconnect_event_is_a_failure_the_policy_understands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from appliance.voice.session import Disconnected
+
+    backoff = Backoff(jitter=0.0)
+    dropped = Disconnected("connection dropped (code 1006)", 1006, ErrorKind.OFFLINE)
+    assert backoff.next_delay(dropped) == 0.5
+    assert backoff.next_delay(Disconnected("policy violation", 1008, ErrorKind.AUTH)) == 30.0
+    outages = OutageLog(logging.getLogger("test.outage"))
+    caplog.set_level(logging.DEBUG, logger="test.outage")
+    outages.failed(dropped, 0.5)
+    (record,) = outage_records(caplog)
+    assert "offline" in record.getMessage()
+    assert "connection dropped (code 1006)" in record.getMessage()
