@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,9 @@ from appliance.config import AuthSettings
 from appliance.errors import ServiceError
 from appliance.state import ErrorKind
 from appliance.voice.auth import VoiceCredential
-from tests.fixtures.identity import StartIdentity
+from tests.fixtures.identity import StartEntra, StartIdentity, self_signed
+
+SP_SECRET = "sp-secret-0123456789abcdef"
 
 
 def managed_identity(**values: str) -> AuthSettings:
@@ -128,3 +131,96 @@ async def test_tokens_and_secrets_stay_out_of_the_logs(
     assert "failed" in text
     assert endpoint.token not in text
     assert endpoint.header_secret not in text
+
+
+# ---- service principal against a loopback HTTPS token endpoint -----------------------------
+
+
+def service_principal(**values: str) -> AuthSettings:
+    return AuthSettings.model_validate(
+        {
+            "APPLIANCE_AUTH": "service_principal",
+            "AZURE_TENANT_ID": "tenant-1",
+            "AZURE_CLIENT_ID": "client-1",
+            **values,
+        }
+    )
+
+
+async def test_service_principal_with_a_secret_gets_a_token(entra_endpoint: StartEntra) -> None:
+    entra = await entra_endpoint("client-1", SP_SECRET)
+    settings = service_principal(AZURE_CLIENT_SECRET=SP_SECRET)
+    async with VoiceCredential(
+        settings, authority=entra.authority, connection_verify=str(entra.ca_file)
+    ) as credential:
+        token = await credential.get_token(5.0)
+        await credential.get_token(5.0)  # cached
+    assert token.token == entra.token
+    (request,) = entra.requests
+    assert (request.tenant, request.client_id) == ("tenant-1", "client-1")
+    assert request.scope == "https://ai.azure.com/.default"
+    assert request.grant_type == "client_credentials"
+    assert request.used_secret
+
+
+async def test_service_principal_with_a_certificate_gets_a_token(
+    entra_endpoint: StartEntra, tmp_path: Path
+) -> None:
+    key_and_cert, _, cert_pem = self_signed(tmp_path, "appliance-sp")
+    entra = await entra_endpoint("client-1", SP_SECRET, certificate_pem=cert_pem)
+    settings = service_principal(AZURE_CLIENT_CERTIFICATE_PATH=str(key_and_cert))
+    async with VoiceCredential(
+        settings, authority=entra.authority, connection_verify=str(entra.ca_file)
+    ) as credential:
+        token = await credential.get_token(5.0)
+    assert token.token == entra.token
+    (request,) = entra.requests
+    assert request.used_certificate  # a signed assertion, verified by the endpoint
+    assert not request.used_secret
+
+
+async def test_a_certificate_the_tenant_does_not_know_is_refused(
+    entra_endpoint: StartEntra, tmp_path: Path
+) -> None:
+    _, _, registered = self_signed(tmp_path, "registered")
+    presented, _, _ = self_signed(tmp_path, "another")
+    entra = await entra_endpoint("client-1", SP_SECRET, certificate_pem=registered)
+    settings = service_principal(AZURE_CLIENT_CERTIFICATE_PATH=str(presented))
+    async with VoiceCredential(
+        settings, authority=entra.authority, connection_verify=str(entra.ca_file)
+    ) as credential:
+        with pytest.raises(ServiceError) as caught:
+            await credential.get_token(5.0)
+    assert caught.value.kind is ErrorKind.AUTH
+    assert entra.requests[0].used_certificate
+
+
+async def test_a_wrong_secret_is_misconfiguration(
+    entra_endpoint: StartEntra, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    entra = await entra_endpoint("client-1", SP_SECRET)
+    wrong = "wrong-secret-0123456789"
+    settings = service_principal(AZURE_CLIENT_SECRET=wrong)
+    async with VoiceCredential(
+        settings, authority=entra.authority, connection_verify=str(entra.ca_file)
+    ) as credential:
+        with pytest.raises(ServiceError) as caught:
+            await credential.get_token(5.0)
+    assert caught.value.kind is ErrorKind.AUTH
+    assert "AADSTS7000215" in str(caught.value)
+    assert wrong not in str(caught.value)
+    assert wrong not in caplog.text
+
+
+async def test_unreachable_entra_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = service_principal(AZURE_CLIENT_SECRET=SP_SECRET)
+    async with VoiceCredential(
+        settings, authority=f"https://127.0.0.1:{port}", retry_total=0
+    ) as credential:
+        with pytest.raises(ServiceError) as caught:
+            await credential.get_token(5.0)
+    assert caught.value.kind is ErrorKind.OFFLINE

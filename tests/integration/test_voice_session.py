@@ -38,7 +38,7 @@ from appliance.voice.session import (
 from appliance.voice.session_config import build_session
 from appliance.voice.tools import device_tools
 from tests.fixtures.emulator import TEST_KEY, MakeEmulator, silence, speech
-from tests.fixtures.identity import StartIdentity
+from tests.fixtures.identity import StartEntra, StartIdentity
 
 WAIT = 10.0  # generous deadline for any awaited event on a slow machine
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
@@ -842,6 +842,30 @@ async def test_managed_identity_token_is_checked_by_the_emulator(
     with pytest.raises(ServiceError) as caught:
         await session.connect()
     assert caught.value.kind is ErrorKind.AUTH
+
+
+async def test_service_principal_token_is_checked_by_the_emulator(
+    make_emulator: MakeEmulator, entra_endpoint: StartEntra
+) -> None:
+    secret = "sp-secret-0123456789abcdef"
+    entra = await entra_endpoint("client-1", secret)
+    emulator = await make_emulator(bearer_token=entra.token)
+    settings = make_settings(
+        APPLIANCE_AUTH="service_principal",
+        AZURE_TENANT_ID="tenant-1",
+        AZURE_CLIENT_ID="client-1",
+        AZURE_CLIENT_SECRET=secret,
+    )
+    async with VoiceCredential(
+        settings.auth, authority=entra.authority, connection_verify=str(entra.ca_file)
+    ) as credential:
+        session = VoiceSession(settings, credential, on_event=Events(), endpoint=emulator.url)
+        try:
+            await session.connect()
+        finally:
+            await session.close()
+    assert emulator.connections[0].auth_scheme == "bearer"
+    assert len(entra.requests) == 1
 
 
 async def test_a_foundry_agent_is_addressed_instead_of_a_model(
