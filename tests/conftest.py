@@ -8,7 +8,11 @@ import pytest
 from appliance.config import variable_names
 
 # Fixture modules of tests/fixtures/, one per real part (PulseAudio, emulator, ...).
-pytest_plugins: list[str] = ["tests.fixtures.emulator", "tests.fixtures.identity"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.emulator",
+    "tests.fixtures.identity",
+    "tests.fixtures.nspawn",
+]
 
 
 @pytest.fixture(autouse=True)
