@@ -12,6 +12,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.emulator",
     "tests.fixtures.identity",
     "tests.fixtures.nspawn",
+    "tests.fixtures.pulse",
 ]
 
 

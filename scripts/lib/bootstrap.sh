@@ -34,7 +34,7 @@ ensure_packages() {
 
 # Packages the project needs to build and run (PyAudio, systemd-python, PulseAudio).
 BASE_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config portaudio19-dev
-               libsystemd-dev pulseaudio libasound2-plugins)
+               libsystemd-dev pulseaudio pulseaudio-utils libasound2-plugins)
 
 # ensure_venv EXTRAS: create .venv and install the project with EXTRAS ("dev" or "")
 # unless pyproject.toml and the extras are unchanged since the last install.

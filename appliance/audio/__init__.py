@@ -1,0 +1,142 @@
+"""Audio: microphone and speaker on PyAudio devices or WAV files, ring buffers, earcons.
+
+The appliance builds both with :func:`open_audio` and talks only to :class:`Microphone`
+and :class:`Speaker`; which device drives them (a sound card through PortAudio, or WAV
+files for ``--mic``/``--speaker``) is decided here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance.audio.ring import RingBuffer, Samples
+from appliance.audio.streams import (
+    LOG_LENGTH,
+    SPEAKER_RATE,
+    InputDevice,
+    Interrupted,
+    Level,
+    Microphone,
+    OutputDevice,
+    Speaker,
+    StreamFormat,
+    StreamStatus,
+)
+from appliance.audio.tones import Earcon, earcon
+
+if TYPE_CHECKING:
+    from appliance.audio.devices import PortAudio
+    from appliance.config import AudioSettings
+
+__all__ = [
+    "LOG_LENGTH",
+    "SPEAKER_RATE",
+    "Audio",
+    "Earcon",
+    "InputDevice",
+    "Interrupted",
+    "Level",
+    "Microphone",
+    "OutputDevice",
+    "RingBuffer",
+    "Samples",
+    "Speaker",
+    "StreamFormat",
+    "StreamStatus",
+    "earcon",
+    "open_audio",
+]
+
+
+class Audio:
+    """The microphone and the speaker, and the PortAudio session behind them (if any)."""
+
+    def __init__(self, mic: Microphone, speaker: Speaker, portaudio: PortAudio | None) -> None:
+        self.mic = mic
+        self.speaker = speaker
+        self.portaudio = portaudio
+
+    def close(self) -> None:
+        """Stop both streams and release the devices (the WAV speaker file is complete)."""
+        try:
+            self.mic.close()
+        finally:
+            try:
+                self.speaker.close()
+            finally:
+                if self.portaudio is not None:
+                    self.portaudio.close()
+
+    def __enter__(self) -> Audio:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_audio(
+    settings: AudioSettings,
+    *,
+    service_input_rate: int,
+    loop: asyncio.AbstractEventLoop,
+    mic_wav: Path | None = None,
+    speaker_wav: Path | None = None,
+    mic_buffer_s: float = 5.0,
+    speaker_buffer_s: float = 2.0,
+) -> Audio:
+    """Build the microphone and the speaker; no stream is opened until ``start()``.
+
+    WAV files replace the sound card where given. A bad ``--mic`` file (or an unwritable
+    ``--speaker`` path) raises :class:`~appliance.errors.ConfigError` naming the option;
+    sound card problems surface later, from ``start()``, as
+    :class:`~appliance.errors.AudioDeviceError` (the appliance shows them and retries).
+    """
+    from appliance.audio.wavfile import WavInput, WavOutput
+
+    portaudio: PortAudio | None = None
+    input_device: InputDevice
+    output_device: OutputDevice
+    try:
+        if mic_wav is not None:
+            input_device = WavInput(
+                mic_wav, rate=service_input_rate, period_ms=settings.period_ms, loop=loop
+            )
+        else:
+            from appliance.audio.devices import PortAudio, PyAudioInput
+
+            portaudio = PortAudio()
+            input_device = PyAudioInput(
+                portaudio,
+                settings.input_device,
+                rate=settings.device_rate,
+                period_ms=settings.period_ms,
+            )
+        if speaker_wav is not None:
+            output_device = WavOutput(speaker_wav, period_ms=settings.period_ms, loop=loop)
+        else:
+            from appliance.audio.devices import PortAudio, PyAudioOutput
+
+            portaudio = portaudio or PortAudio()
+            output_device = PyAudioOutput(
+                portaudio,
+                settings.output_device,
+                rate=settings.device_rate,
+                period_ms=settings.period_ms,
+            )
+    except BaseException:
+        if portaudio is not None:
+            portaudio.close()
+        raise
+    if portaudio is not None:
+        portaudio.warm_up()
+    mic = Microphone(
+        input_device,
+        loop=loop,
+        service_rate=service_input_rate,
+        gain_db=settings.mic_gain_db,
+        buffer_s=mic_buffer_s,
+    )
+    speaker = Speaker(output_device, loop=loop, volume=settings.volume, buffer_s=speaker_buffer_s)
+    return Audio(mic, speaker, portaudio)

@@ -1,0 +1,520 @@
+"""Sound cards through PyAudio (PortAudio): finding devices, choosing rates, the callbacks.
+
+The callbacks only hand samples to the :class:`~appliance.audio.streams.Microphone` or
+:class:`~appliance.audio.streams.Speaker` that owns the stream; they allocate no audio
+buffers (the output callback returns the same preallocated numpy array every time: PyAudio
+copies it into PortAudio's buffer before the callback returns), never block and never log.
+
+PortAudio enumerates devices once, when it is initialised; a USB device plugged in later is
+seen after :meth:`PortAudio.refresh`, which the streams call by themselves when a device
+cannot be found and no stream is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from appliance.audio.ring import Samples
+from appliance.audio.streams import StreamFormat
+from appliance.errors import AudioDeviceError
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["input", "output"]
+DeviceSpec = int | str | None
+
+CLOSE_TIMEOUT_S = 2.0
+PREFERRED_RATE = 24000
+STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+_FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
+
+# is_format_supported's answers that mean "not this format" rather than "not this device".
+_UNSUPPORTED_FORMAT = {-9994, -9997, -9998}  # sample format, sample rate, channel count
+
+# PortAudio error codes worth a sentence of their own.
+_PA_ERRORS = {
+    -9985: "the device is busy or unavailable (is another program using it?)",
+    -9993: "the device cannot be opened (unplugged, or its sound server is not running)",
+    -9996: "no such device",
+    -9997: "the device does not accept this sample rate",
+    -9998: "the device does not accept this number of channels",
+    -9999: "PortAudio internal error (the device may have been unplugged)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    index: int
+    name: str
+    host_api: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: int
+    default_input: bool = False
+    default_output: bool = False
+
+    def channels(self, direction: Direction) -> int:
+        return self.max_input_channels if direction == "input" else self.max_output_channels
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Keep ALSA's and JACK's probing chatter off the terminal; log it at DEBUG instead.
+
+    Both write straight to file descriptor 2 while PortAudio probes devices. Anything
+    another thread writes to stderr meanwhile is logged at DEBUG rather than lost.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            chatter = capture.read().decode(errors="replace").strip()
+            if chatter:
+                log.debug("PortAudio/ALSA said:\n%s", chatter)
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code is None and len(exc.args) > 1 and isinstance(exc.args[1], int):
+        code = exc.args[1]
+    text = next((a for a in exc.args if isinstance(a, str)), str(exc))
+    if code in _PA_ERRORS:
+        return f"{_PA_ERRORS[code]} ({text})"
+    return text
+
+
+class PortAudio:
+    """The process's PortAudio session, shared by the microphone and the speaker."""
+
+    def __init__(self) -> None:
+        self._pa: Any = None
+        self._open_streams = 0
+        self.abandoned_streams = 0  # streams whose close hung (see close_stream)
+        self._closed = False
+        # PortAudio's JACK backend would otherwise try to start a JACK server.
+        os.environ.setdefault("JACK_NO_START_SERVER", "1")
+
+    def _session(self) -> Any:
+        if self._closed:
+            raise AudioDeviceError("audio is closed")
+        if self._pa is None:
+            import pyaudio
+
+            try:
+                with _quiet_stderr():
+                    self._pa = pyaudio.PyAudio()
+            except OSError as exc:
+                raise AudioDeviceError(
+                    f"cannot initialise PortAudio: {_describe_os_error(exc)}"
+                ) from exc
+        return self._pa
+
+    def warm_up(self) -> None:
+        """Initialise PortAudio now (it takes a moment) rather than at the first start()."""
+        try:
+            self._session()
+        except AudioDeviceError as exc:
+            log.warning("%s; will retry when the audio starts", exc)
+
+    def refresh(self) -> bool:
+        """Enumerate devices afresh (after a USB device came or went); only with no stream open."""
+        if self._open_streams or self.abandoned_streams or self._pa is None:
+            return self._pa is None
+        with _quiet_stderr():
+            self._pa.terminate()
+        self._pa = None
+        return True
+
+    def devices(self) -> list[DeviceInfo]:
+        pa = self._session()
+        default_in = _default_index(pa.get_default_input_device_info)
+        default_out = _default_index(pa.get_default_output_device_info)
+        found = []
+        for index in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(index)
+            try:
+                host_api = str(pa.get_host_api_info_by_index(info["hostApi"])["name"])
+            except (OSError, KeyError):
+                host_api = "?"
+            found.append(
+                DeviceInfo(
+                    index=index,
+                    name=str(info["name"]),
+                    host_api=host_api,
+                    max_input_channels=int(info["maxInputChannels"]),
+                    max_output_channels=int(info["maxOutputChannels"]),
+                    default_rate=int(info["defaultSampleRate"]),
+                    default_input=index == default_in,
+                    default_output=index == default_out,
+                )
+            )
+        return found
+
+    def find(self, spec: DeviceSpec, direction: Direction) -> DeviceInfo:
+        """The device a setting names: its index, part of its name, or None for the default."""
+        devices = [d for d in self.devices() if d.channels(direction) > 0]
+        variable = f"APPLIANCE_{direction.upper()}_DEVICE"
+        if not devices:
+            raise AudioDeviceError(f"no audio {direction} device found")
+        if spec is None:
+            for device in devices:
+                if device.default_input if direction == "input" else device.default_output:
+                    return device
+            return devices[0]
+        if isinstance(spec, int):
+            for device in devices:
+                if device.index == spec:
+                    return device
+            raise AudioDeviceError(
+                f"no {direction} device has index {spec} ({variable}); "
+                f"{direction} devices: {_names(devices)}"
+            )
+        wanted = spec.strip().lower()
+        exact = [d for d in devices if d.name.lower() == wanted]
+        partial = [d for d in devices if wanted in d.name.lower()]
+        if exact or partial:
+            return (exact or partial)[0]
+        raise AudioDeviceError(
+            f"no {direction} device name contains {spec!r} ({variable}); "
+            f"{direction} devices: {_names(devices)}"
+        )
+
+    def accepts(self, device: DeviceInfo, direction: Direction, rate: int, channels: int) -> bool:
+        import pyaudio
+
+        pa = self._session()
+        if direction == "input":
+            kwargs = {
+                "input_device": device.index,
+                "input_channels": channels,
+                "input_format": pyaudio.paInt16,
+            }
+        else:
+            kwargs = {
+                "output_device": device.index,
+                "output_channels": channels,
+                "output_format": pyaudio.paInt16,
+            }
+        try:
+            with _quiet_stderr():
+                return bool(pa.is_format_supported(rate, **kwargs))
+        except ValueError as exc:
+            code = exc.args[1] if len(exc.args) > 1 else None
+            if code in _UNSUPPORTED_FORMAT:
+                return False
+            raise AudioDeviceError(
+                f"{direction} device {device.name!r}: {_describe_os_error(exc)}"
+            ) from exc
+
+    def rates(self, device: DeviceInfo, direction: Direction, channels: int = 1) -> list[int]:
+        """The standard rates the device accepts for int16 audio with ``channels`` channels."""
+        if device.channels(direction) < channels:
+            return []
+        return [r for r in STANDARD_RATES if self.accepts(device, direction, r, channels)]
+
+    def open_stream(self, **kwargs: Any) -> Any:
+        pa = self._session()
+        try:
+            with _quiet_stderr():
+                stream = pa.open(**kwargs)
+        except OSError as exc:
+            raise AudioDeviceError(_describe_os_error(exc)) from exc
+        self._open_streams += 1
+        return stream
+
+    def close_stream(self, stream: Any) -> None:
+        """Abort (stopping would wait for the device) and close, giving up after a while.
+
+        A vanished device can make PortAudio wait forever for its callback thread (seen
+        with a sound server killed under the ALSA pulse plugin: libpulse deadlocks). The
+        loop must not hang with it, so the stream is closed on a helper thread and, if
+        that does not finish in time, abandoned: its callbacks are already cut off from
+        the microphone or speaker, and PortAudio is never terminated afterwards (that
+        would wait for the stuck thread too).
+        """
+        import pyaudio
+
+        closed = threading.Event()
+
+        def abort_and_close() -> None:
+            try:
+                # PyAudio's Stream has no abort method; its C module has.
+                pyaudio.pa.abort_stream(stream._stream)
+            except OSError as exc:  # the device failed; closing still frees it
+                log.debug("aborting a failed stream: %s", exc)
+            try:
+                stream.close()
+            except OSError as exc:
+                log.debug("closing a failed stream: %s", exc)
+            closed.set()
+
+        threading.Thread(target=abort_and_close, name="audio-close", daemon=True).start()
+        if closed.wait(CLOSE_TIMEOUT_S):
+            self._open_streams -= 1
+            return
+        self.abandoned_streams += 1
+        log.error(
+            "an audio stream did not close within %.0f s (its driver hangs); abandoned it. "
+            "Restart the appliance if audio does not come back.",
+            CLOSE_TIMEOUT_S,
+        )
+
+    def close(self) -> None:
+        if self._pa is not None and not self.abandoned_streams:
+            with _quiet_stderr():
+                self._pa.terminate()
+        self._pa = None
+        self._closed = True
+
+    def __enter__(self) -> PortAudio:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _default_index(getter: Callable[[], dict[str, Any]]) -> int | None:
+    try:
+        return int(getter()["index"])
+    except (OSError, KeyError):
+        return None
+
+
+def _names(devices: Sequence[DeviceInfo]) -> str:
+    return ", ".join(f"{d.index}: {d.name!r}" for d in devices)
+
+
+class _Link:
+    """What one open stream's callback may touch; cut off when the stream is closed.
+
+    A new stream gets a new link, so a stream that could not be closed (see
+    :meth:`PortAudio.close_stream`) can never reach the microphone or speaker again.
+    """
+
+    def __init__(self, handler: Callable[[Samples], None], frames: int, channels: int) -> None:
+        import pyaudio
+
+        self.handler: Callable[[Samples], None] | None = handler
+        self.frames = frames
+        self.channels = channels
+        self.xruns = 0
+        self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
+        self.paContinue: int = pyaudio.paContinue
+        # The same tuples for every callback: PyAudio copies the samples before we return.
+        self.output_result: tuple[Samples, int] = (self.buffer, self.paContinue)
+        self.input_result: tuple[None, int] = (None, self.paContinue)
+
+    def input_callback(
+        self, in_data: bytes | None, frame_count: int, time_info: object, status: int
+    ) -> tuple[None, int]:
+        try:
+            if status:
+                self.xruns += 1
+            handler = self.handler
+            if in_data is not None and handler is not None:
+                handler(np.frombuffer(in_data, dtype=np.int16))
+        except BaseException:  # noqa: BLE001 - an exception here would be raised in the main thread
+            self.xruns += 1
+        return self.input_result
+
+    def output_callback(
+        self, in_data: object, frame_count: int, time_info: object, status: int
+    ) -> tuple[Samples, int]:
+        try:
+            if status:
+                self.xruns += 1
+            if frame_count == self.frames:
+                result = self.output_result
+            else:  # PortAudio asked for an unusual size: rare enough to allocate for
+                result = (np.zeros(frame_count * self.channels, dtype=np.int16), self.paContinue)
+            handler = self.handler
+            if handler is None:
+                result[0][:] = 0
+            else:
+                handler(result[0])
+            return result
+        except BaseException:  # noqa: BLE001 - an exception here would be raised in the main thread
+            self.xruns += 1
+            self.buffer[:] = 0
+            return self.output_result
+
+
+class _PyAudioStream:
+    """A microphone's or speaker's stream on a PortAudio device, opened and closed at will."""
+
+    direction: Direction
+
+    def __init__(
+        self,
+        portaudio: PortAudio,
+        device: DeviceSpec = None,
+        *,
+        rate: int | None = None,
+        period_ms: int = 20,
+    ) -> None:
+        self._portaudio = portaudio
+        self._spec = device
+        self._rate = rate
+        self._period_ms = period_ms
+        self._stream: Any = None
+        self._link: _Link | None = None
+        self._past_xruns = 0
+        self.description = f"{self.direction} device " + (
+            "(system default)" if device is None else repr(device)
+        )
+
+    @property
+    def xruns(self) -> int:
+        """Periods PortAudio flagged as underflowed or overflowed, over all streams."""
+        return self._past_xruns + (self._link.xruns if self._link is not None else 0)
+
+    def _choose(self) -> tuple[DeviceInfo, int, int]:
+        try:
+            return self._choose_once()
+        except AudioDeviceError:
+            # PortAudio's device list is from when it started: a device plugged in (or a
+            # sound server started) since then is only seen by a fresh PortAudio.
+            if not self._portaudio.refresh():
+                raise
+            return self._choose_once()
+
+    def _choose_once(self) -> tuple[DeviceInfo, int, int]:
+        device = self._portaudio.find(self._spec, self.direction)
+        probe = self._rate or PREFERRED_RATE
+        channels = 1
+        if not self._portaudio.accepts(device, self.direction, probe, 1):
+            rate_any = self._rate or device.default_rate
+            if device.channels(self.direction) >= 2 and self._portaudio.accepts(
+                device, self.direction, rate_any, 2
+            ):
+                channels = 2
+        return device, self._choose_rate(device, channels), channels
+
+    def _choose_rate(self, device: DeviceInfo, channels: int) -> int:
+        def accepts(rate: int) -> bool:
+            return self._portaudio.accepts(device, self.direction, rate, channels)
+
+        if self._rate is not None:
+            if accepts(self._rate):
+                return self._rate
+            rates = self._portaudio.rates(device, self.direction, channels)
+            raise AudioDeviceError(
+                f"{self.direction} device {device.name!r} does not accept {self._rate} Hz "
+                f"(APPLIANCE_DEVICE_RATE); it accepts: "
+                + (", ".join(map(str, rates)) or "none of the standard rates")
+            )
+        for rate in (PREFERRED_RATE, device.default_rate, *_FALLBACK_RATES):
+            if accepts(rate):
+                return rate
+        raise AudioDeviceError(
+            f"{self.direction} device {device.name!r} accepts none of the usual sample rates "
+            f"for 16-bit audio with {channels} channel(s)"
+        )
+
+    def open(self, handler: Callable[[Samples], None]) -> StreamFormat:
+        """Open the stream (not started) that will hand each period to ``handler``."""
+        if self._stream is not None:
+            raise RuntimeError(f"the {self.direction} stream is already open")
+        import pyaudio
+
+        device, rate, channels = self._choose()
+        frames = max(1, round(rate * self._period_ms / 1000))
+        link = _Link(handler, frames, channels)
+        callback = link.input_callback if self.direction == "input" else link.output_callback
+        index_key = f"{self.direction}_device_index"
+        try:
+            self._stream = self._portaudio.open_stream(
+                rate=rate,
+                channels=channels,
+                format=pyaudio.paInt16,
+                frames_per_buffer=frames,
+                stream_callback=callback,
+                start=False,
+                **{self.direction: True, index_key: device.index},
+            )
+        except AudioDeviceError as exc:
+            raise AudioDeviceError(
+                f"cannot open {self.direction} device {device.name!r} at {rate} Hz: {exc}"
+            ) from exc
+        self._link = link
+        self.description = f"{self.direction} device {device.name!r}"
+        return StreamFormat(rate=rate, channels=channels, period_frames=frames)
+
+    def start(self) -> None:
+        if self._stream is None:
+            raise RuntimeError(f"the {self.direction} stream is not open")
+        try:
+            with _quiet_stderr():
+                self._stream.start_stream()
+        except OSError as exc:
+            self.stop()
+            raise AudioDeviceError(
+                f"cannot start {self.description}: {_describe_os_error(exc)}"
+            ) from exc
+
+    def failure(self) -> str | None:
+        """Why the running stream stopped working, or None while it works."""
+        if self._stream is None:
+            return None
+        try:
+            if self._stream.is_active():
+                return None
+        except OSError as exc:
+            return f"{self.description} failed: {_describe_os_error(exc)}"
+        return f"{self.description} stopped (unplugged or failed)"
+
+    def stop(self) -> None:
+        stream, self._stream = self._stream, None
+        link, self._link = self._link, None
+        if link is not None:
+            link.handler = None
+            self._past_xruns += link.xruns
+        if stream is not None:
+            self._portaudio.close_stream(stream)
+
+    def close(self) -> None:
+        self.stop()
+
+
+class PyAudioInput(_PyAudioStream):
+    """A capture stream; its callback hands each period of samples to the microphone."""
+
+    direction: Direction = "input"
+
+
+class PyAudioOutput(_PyAudioStream):
+    """A playback stream; its callback asks the speaker to fill one preallocated period."""
+
+    direction: Direction = "output"
+
+
+def device_table(portaudio: PortAudio) -> list[tuple[DeviceInfo, list[int], list[int]]]:
+    """Every device with the rates it accepts for mono 16-bit input and output."""
+    rows = []
+    for device in portaudio.devices():
+        input_rates = portaudio.rates(device, "input") if device.max_input_channels else []
+        output_rates = portaudio.rates(device, "output") if device.max_output_channels else []
+        if device.max_input_channels >= 2 and not input_rates:
+            input_rates = portaudio.rates(device, "input", 2)
+        if device.max_output_channels >= 2 and not output_rates:
+            output_rates = portaudio.rates(device, "output", 2)
+        rows.append((device, input_rates, output_rates))
+    return rows

@@ -1,0 +1,719 @@
+"""The microphone and the speaker, independent of what device drives them.
+
+A device (PyAudio stream or WAV file) calls :meth:`Microphone._capture` or
+:meth:`Speaker._render` once per period, from its own thread (PyAudio) or from the loop
+(WAV files). Those two methods are the only code that runs on a device thread: they move
+samples between the device and a preallocated :class:`RingBuffer`, note the callback in a
+preallocated numpy log, and wake the loop with ``loop.call_soon_threadsafe`` (at most one
+wake-up in flight). They never allocate audio buffers, never block, never log and never
+raise.
+
+Everything else (resampling, gain, volume, earcons, bookkeeping of which response item was
+played how far) runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.audio.resample import (
+    StreamResampler,
+    db_to_gain,
+    downmix,
+    scale,
+    upmix,
+    volume_to_gain,
+)
+from appliance.audio.ring import RingBuffer, Samples
+from appliance.audio.tones import EARCON_RATE, Earcon, earcon
+from appliance.errors import AudioDeviceError
+
+SPEAKER_RATE = 24000  # what Voice Live sends: PCM16 mono 24 kHz
+STALL_S = 2.0  # a started stream without a callback for this long has failed
+LOG_LENGTH = 1024  # callbacks remembered for latency figures (20 s at 20 ms)
+_NEVER = 1 << 62  # a sample position no stream reaches
+_EMPTY: Samples = np.zeros(0, dtype=np.int16)
+_EMPTY.flags.writeable = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFormat:
+    """How a device stream was opened."""
+
+    rate: int
+    channels: int
+    period_frames: int
+
+
+class InputDevice(Protocol):
+    """Something that captures audio, stream by stream, until it is closed."""
+
+    description: str
+
+    @property
+    def xruns(self) -> int:
+        """Periods the device itself flagged as overflowed."""
+
+    def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
+        """Open a stream (not started); ``capture`` gets interleaved int16 frames per period.
+
+        Raises :class:`~appliance.errors.AudioDeviceError` when the device is unusable.
+        """
+
+    def start(self) -> None:
+        """Start the open stream; raises AudioDeviceError (and closes it) on failure."""
+
+    def stop(self) -> None:
+        """Stop and close the stream; no callback runs after this returns. Idempotent."""
+
+    def failure(self) -> str | None:
+        """Why the running stream stopped working, or None while it works."""
+
+    def close(self) -> None:
+        """Stop, and release the device for good. Idempotent."""
+
+
+class OutputDevice(Protocol):
+    """Something that plays audio; ``render`` fills a preallocated array once per period."""
+
+    description: str
+
+    @property
+    def xruns(self) -> int:
+        """Periods the device itself flagged as underflowed."""
+
+    def open(self, render: Callable[[Samples], None]) -> StreamFormat: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def failure(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """Liveness of one stream, for the watchdog: callbacks must keep coming while started."""
+
+    started: bool
+    callbacks: int  # only grows
+    last_callback_ns: int  # time.monotonic_ns() of the latest callback; 0 before the first
+    failure: str | None  # why the device stopped, when it did
+    device: str
+    rate: int | None
+    period_ms: float | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """Loudness of the latest microphone chunk, as fractions of full scale."""
+
+    rms: float = 0.0
+    peak: float = 0.0
+
+    @property
+    def dbfs(self) -> float:
+        return 20 * math.log10(self.rms) if self.rms > 0 else -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """What :meth:`Speaker.clear` cut short: the newest response item and how much was heard."""
+
+    item_id: str | None
+    played_ms: int
+
+
+class _CallbackLog:
+    """Per-callback records (stream position after it, real samples, monotonic ns)."""
+
+    def __init__(self) -> None:
+        self.records: npt.NDArray[np.int64] = np.zeros((LOG_LENGTH, 3), dtype=np.int64)
+        self.count = 0  # callbacks so far; written by the device side only
+
+    def note(self, position: int, samples: int) -> None:
+        row = self.records[self.count % LOG_LENGTH]
+        row[0] = position
+        row[1] = samples
+        row[2] = time.monotonic_ns()
+        self.count += 1
+
+    def last_ns(self) -> int:
+        if self.count == 0:
+            return 0
+        return int(self.records[(self.count - 1) % LOG_LENGTH, 2])
+
+    def snapshot(self) -> npt.NDArray[np.int64]:
+        """The remembered records, oldest first (a copy)."""
+        count = self.count
+        if count <= LOG_LENGTH:
+            return self.records[:count].copy()
+        start = count % LOG_LENGTH
+        return np.concatenate([self.records[start:], self.records[:start]])
+
+
+def _status(
+    device: InputDevice | OutputDevice,
+    fmt: StreamFormat | None,
+    started: bool,
+    started_ns: int,
+    log: _CallbackLog,
+) -> StreamStatus:
+    failure = device.failure() if started else None
+    last_ns = log.last_ns()
+    if started and failure is None:
+        quiet_s = (time.monotonic_ns() - max(started_ns, last_ns)) / 1e9
+        if quiet_s > STALL_S:
+            failure = f"{device.description}: no audio callback for {quiet_s:.1f} s"
+    return StreamStatus(
+        started=started,
+        callbacks=log.count,
+        last_callback_ns=last_ns,
+        failure=failure,
+        device=device.description,
+        rate=fmt.rate if fmt else None,
+        period_ms=fmt.period_frames * 1000 / fmt.rate if fmt else None,
+    )
+
+
+class Microphone:
+    """Capture: the device writes into a drop-oldest ring; the loop reads, resamples, scales.
+
+    ``read()`` returns int16 mono at ``service_rate``. The ring holds ``buffer_s`` seconds,
+    so audio captured while the connection is still being set up is kept for sending once
+    the session is ready; beyond that the oldest audio is dropped and counted.
+    """
+
+    def __init__(
+        self,
+        device: InputDevice,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        service_rate: int,
+        gain_db: float = 0.0,
+        buffer_s: float = 5.0,
+        on_audio: Callable[[], None] | None = None,
+    ) -> None:
+        self._device = device
+        self._loop = loop
+        self.service_rate = service_rate
+        self._gain = db_to_gain(gain_db)
+        self._gain_db = gain_db
+        self._buffer_s = buffer_s
+        self.on_audio = on_audio
+        self.audio_ready = asyncio.Event()
+        self.muted = False
+        self.level = Level()
+        self._ring: RingBuffer | None = None
+        self._resampler: StreamResampler | None = None
+        self._format: StreamFormat | None = None
+        self._log = _CallbackLog()
+        self._wake_pending = False
+        self._started = False
+        self._started_ns = 0
+        self._closed = False
+        self.callback_errors = 0
+
+    # ---- device side ---------------------------------------------------------------------
+
+    def _capture(self, frames: Samples) -> None:
+        try:
+            ring = self._ring
+            if ring is None:
+                return
+            ring.write(frames)
+            self._log.note(ring.write_position, len(frames))
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._loop.call_soon_threadsafe(self._woken)
+        except BaseException:  # noqa: BLE001 - never raise into the device thread
+            self.callback_errors += 1
+
+    # ---- loop side -----------------------------------------------------------------------
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        self.audio_ready.set()
+        if self.on_audio is not None:
+            self.on_audio()
+
+    def start(self) -> None:
+        """Open and start capturing; raises AudioDeviceError if the device is unusable."""
+        if self._closed:
+            raise AudioDeviceError("the microphone is closed")
+        if self._started:
+            return
+        fmt = self._device.open(self._capture)
+        try:
+            if self._format is None or (fmt.rate, fmt.channels) != (
+                self._format.rate,
+                self._format.channels,
+            ):
+                capacity = max(1, round(self._buffer_s * fmt.rate)) * fmt.channels
+                self._ring = RingBuffer(capacity, drop_oldest=True)
+                self._resampler = StreamResampler(fmt.rate, self.service_rate)
+            else:
+                assert self._ring is not None
+                assert self._resampler is not None
+                self._ring.clear()
+                self._resampler.reset()
+            self._format = fmt
+            self._wake_pending = False
+            self._device.start()
+        except BaseException:
+            self._device.stop()
+            raise
+        self._started_ns = time.monotonic_ns()
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop capturing. What was captured stays readable until the next start()."""
+        if self._started:
+            self._started = False
+            self._device.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self._device.close()
+        self._closed = True
+
+    def __enter__(self) -> Microphone:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def gain_db(self) -> float:
+        return self._gain_db
+
+    @gain_db.setter
+    def gain_db(self, value: float) -> None:
+        self._gain_db = value
+        self._gain = db_to_gain(value)
+
+    def read(self) -> Samples:
+        """All audio captured since the last read: int16 mono at the service rate (maybe empty)."""
+        ring, resampler, fmt = self._ring, self._resampler, self._format
+        if ring is None or resampler is None or fmt is None:
+            return _EMPTY
+        count = ring.available()
+        if count == 0:
+            return _EMPTY
+        raw = np.empty(count, dtype=np.int16)
+        got = ring.read_into(raw)
+        mono = downmix(raw[:got], fmt.channels)
+        out = scale(resampler.process(mono), self._gain)
+        if len(out):
+            as_float = out.astype(np.float32) / 32768.0
+            self.level = Level(
+                rms=float(np.sqrt(np.mean(as_float * as_float))),
+                peak=float(np.max(np.abs(as_float))),
+            )
+        if self.muted:
+            return np.zeros_like(out)
+        return out
+
+    async def next_chunk(self) -> Samples:
+        """Wait for captured audio and return it (never empty)."""
+        while True:
+            self.audio_ready.clear()
+            chunk = self.read()
+            if len(chunk):
+                return chunk
+            await self.audio_ready.wait()
+
+    @property
+    def overruns(self) -> int:
+        """Callbacks whose audio pushed out older audio the loop had not read."""
+        return self._ring.overruns if self._ring is not None else 0
+
+    @property
+    def dropped_ms(self) -> float:
+        """Audio lost because the loop did not read it in time."""
+        if self._ring is None or self._format is None:
+            return 0.0
+        return self._ring.dropped / self._format.channels / self._format.rate * 1000
+
+    @property
+    def callbacks(self) -> int:
+        return self._log.count
+
+    @property
+    def format(self) -> StreamFormat | None:
+        return self._format
+
+    def status(self) -> StreamStatus:
+        return _status(self._device, self._format, self._started, self._started_ns, self._log)
+
+    def capture_log(self) -> npt.NDArray[np.int64]:
+        """Per callback: (samples captured so far, samples in it, time.monotonic_ns())."""
+        return self._log.snapshot()
+
+
+@dataclass(slots=True)
+class _Queued:
+    """Audio waiting on the loop side for room in the ring (24 kHz, volume not applied)."""
+
+    item_id: str | None
+    samples: Samples
+    mark: int  # index of its first sample among all samples ever queued
+    flush: bool = False  # end of a response: push the resampler's tail out
+
+
+@dataclass(slots=True)
+class _Segment:
+    """A stretch of ring positions that holds one response item's audio."""
+
+    item_id: str | None
+    start: int
+    end: int
+    samples_per_ms: float
+
+
+class Speaker:
+    """Playback: the loop queues 24 kHz audio, the device drains a ring at the device rate.
+
+    ``play()`` never blocks and never drops: what does not fit into the ring waits in a
+    loop-side queue and is resampled, scaled by the volume and moved in as the ring drains
+    (the device side wakes the loop when the ring runs below three quarters). The ring holds
+    ``buffer_s`` seconds, which is also how long a volume change takes at most to be heard.
+    """
+
+    def __init__(
+        self,
+        device: OutputDevice,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        volume: int = 80,
+        buffer_s: float = 2.0,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        self._device = device
+        self._loop = loop
+        self._buffer_s = buffer_s
+        self.on_drained = on_drained
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self._volume = 0
+        self._gain = 0.0
+        self.volume = volume
+        self._ring: RingBuffer | None = None
+        self._resampler: StreamResampler | None = None
+        self._format: StreamFormat | None = None
+        self._queue: deque[_Queued] = deque()
+        self._staged: Samples = _EMPTY  # resampled and scaled, waiting for ring space
+        self._staged_item: str | None = None
+        self._queued_total = 0  # 24 kHz samples ever queued (marks for latency lookups)
+        self._marks: deque[tuple[int, int]] = deque(maxlen=LOG_LENGTH)
+        self._segments: deque[_Segment] = deque(maxlen=256)
+        self._last_item: str | None = None
+        self._finish_requested = False
+        self._low_water = 0
+        self._log = _CallbackLog()
+        self._started = False
+        self._started_ns = 0
+        self._closed = False
+        # Read by the device side, written by the loop only:
+        self._streaming = False  # a response is arriving: a dry ring is an underrun
+        self._want_feed = False  # the loop has audio waiting for ring space
+        self._finish_pos = _NEVER  # the last sample of the finished audio, once in the ring
+        # The wake-up handshake: set by the device side, cleared by the loop.
+        self._wake_pending = False
+        # Written by the device side only:
+        self.underruns = 0
+        self.callback_errors = 0
+
+    # ---- device side ---------------------------------------------------------------------
+
+    def _render(self, out: Samples) -> None:
+        try:
+            ring = self._ring
+            if ring is None:
+                out[:] = 0
+                return
+            real = ring.read_into(out)
+            if real < len(out) and (self._streaming or self._want_feed):
+                self.underruns += 1
+            position = ring.read_position
+            self._log.note(position, real)
+            if not self._wake_pending and (
+                position >= self._finish_pos
+                or (self._want_feed and ring.available() < self._low_water)
+            ):
+                self._wake_pending = True
+                self._loop.call_soon_threadsafe(self._woken)
+        except BaseException:  # noqa: BLE001 - never raise into the device thread
+            self.callback_errors += 1
+            out[:] = 0
+
+    # ---- loop side -----------------------------------------------------------------------
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        self._feed()
+        self._check_drained()
+
+    def start(self) -> None:
+        """Open and start the output stream (audio queued meanwhile starts playing at once)."""
+        if self._closed:
+            raise AudioDeviceError("the speaker is closed")
+        if self._started:
+            return
+        fmt = self._device.open(self._render)
+        try:
+            if self._format is None or (fmt.rate, fmt.channels) != (
+                self._format.rate,
+                self._format.channels,
+            ):
+                capacity = max(fmt.period_frames * 4, round(self._buffer_s * fmt.rate))
+                self._ring = RingBuffer(capacity * fmt.channels, drop_oldest=False)
+                self._resampler = StreamResampler(SPEAKER_RATE, fmt.rate)
+                self._low_water = self._ring.capacity * 3 // 4
+                self._segments.clear()
+                self._marks.clear()
+            self._format = fmt
+            self._wake_pending = False
+            self._feed()  # so that the first callback already has the queued audio
+            self._device.start()
+        except BaseException:
+            self._device.stop()
+            raise
+        self._started_ns = time.monotonic_ns()
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop the output stream and drop whatever was still to be played."""
+        if self._started:
+            self._started = False
+            self._device.stop()
+        self._discard()
+
+    def close(self) -> None:
+        self.stop()
+        self._device.close()
+        self._closed = True
+
+    def __enter__(self) -> Speaker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def volume(self) -> int:
+        return self._volume
+
+    @volume.setter
+    def volume(self, percent: int) -> None:
+        """0-100 %. Applies to audio moved into the ring from now on (within ``buffer_s``)."""
+        if not 0 <= percent <= 100:
+            raise ValueError("volume is a percentage, 0-100")
+        self._volume = int(percent)
+        self._gain = volume_to_gain(percent)
+
+    def play(
+        self, pcm: bytes | Samples, item_id: str | None = None, *, response: bool = True
+    ) -> int:
+        """Queue int16 mono 24 kHz audio; never blocks, never drops.
+
+        Returns a mark (the index of its first sample among all samples ever queued) for
+        :meth:`handed_ns`. ``response=False`` is for sounds that are not part of a
+        streamed answer (earcons): the ring running dry after them is not an underrun.
+        """
+        if self._closed:
+            return self._queued_total
+        if isinstance(pcm, bytes | bytearray | memoryview):
+            if len(pcm) % 2:
+                raise ValueError("PCM16 audio has an even number of bytes")
+            samples: Samples = np.frombuffer(pcm, dtype=np.int16)
+        else:
+            samples = np.asarray(pcm, dtype=np.int16)
+        mark = self._queued_total
+        if len(samples) == 0:
+            return mark
+        self._queue.append(_Queued(item_id, samples, mark))
+        self._queued_total += len(samples)
+        if item_id is not None:
+            self._last_item = item_id
+        if response:
+            self._streaming = True
+            self._cancel_finish()
+        self.drained.clear()
+        self._feed()
+        return mark
+
+    def play_earcon(self, kind: Earcon | str) -> int:
+        return self.play(earcon(kind, EARCON_RATE), None, response=False)
+
+    def finish(self) -> None:
+        """Everything queued so far is complete: notify once its last sample has been played.
+
+        ``drained`` is set and ``on_drained`` called (on the loop) when the device has been
+        handed the last sample queued before this call. Earcons queued afterwards do not
+        cancel that; more response audio (``play()``) does, until the next ``finish()``.
+        """
+        self._streaming = False
+        if not (self._queue and self._queue[-1].flush):
+            self._queue.append(_Queued(self._last_item, _EMPTY, self._queued_total, flush=True))
+        self._finish_requested = True
+        self._feed()
+        self._loop.call_soon(self._check_drained)
+
+    def clear(self) -> Interrupted:
+        """Barge-in: silence from the next device period on; drop everything queued.
+
+        Returns the newest response item and how much of it was handed to the device.
+        """
+        self._discard()
+        item = self._last_item
+        return Interrupted(item, self.played_ms(item) if item is not None else 0)
+
+    def _discard(self) -> None:
+        self._streaming = False
+        self._want_feed = False
+        self._cancel_finish()
+        self._queue.clear()
+        self._staged = _EMPTY
+        if self._resampler is not None:
+            self._resampler.reset()
+        if self._ring is not None:
+            handed = self._ring.read_position
+            for segment in self._segments:
+                if segment.end > handed:
+                    segment.end = max(segment.start, handed)
+            self._ring.clear()
+        self.drained.set()
+
+    def _cancel_finish(self) -> None:
+        self._finish_requested = False
+        self._finish_pos = _NEVER
+        if any(queued.flush for queued in self._queue):
+            self._queue = deque(queued for queued in self._queue if not queued.flush)
+
+    def _feed(self) -> None:
+        """Move queued audio into the ring as far as it has room."""
+        ring, resampler, fmt = self._ring, self._resampler, self._format
+        if ring is None or resampler is None or fmt is None:
+            if self._finish_requested and all(q.flush for q in self._queue):
+                self._queue.clear()
+                self._finish_pos = 0  # nothing was queued: drained at once
+            return
+        channels = fmt.channels
+        while True:
+            if len(self._staged) == 0:
+                if not self._queue:
+                    break
+                queued = self._queue.popleft()
+                if queued.flush:
+                    converted = resampler.flush()
+                    if self._finish_requested:
+                        self._finish_pos = ring.write_position + len(converted) * channels
+                else:
+                    converted = resampler.process(queued.samples)
+                    self._marks.append((queued.mark, ring.write_position))
+                self._staged = upmix(scale(converted, self._gain), channels)
+                self._staged_item = queued.item_id
+                continue
+            room = ring.free()
+            room -= room % channels
+            if room == 0:
+                break
+            start = ring.write_position
+            written = ring.write(self._staged[:room])
+            self._staged = self._staged[written:]
+            self._note_segment(self._staged_item, start, start + written, fmt)
+        self._want_feed = bool(self._queue) or len(self._staged) > 0
+
+    def _note_segment(self, item_id: str | None, start: int, end: int, fmt: StreamFormat) -> None:
+        last = self._segments[-1] if self._segments else None
+        if last is not None and last.item_id == item_id and last.end == start:
+            last.end = end
+        else:
+            per_ms = fmt.rate * fmt.channels / 1000
+            self._segments.append(_Segment(item_id, start, end, per_ms))
+
+    def _check_drained(self) -> None:
+        ring = self._ring
+        position = ring.read_position if ring is not None else 0
+        if self._finish_requested and position >= self._finish_pos and not self._want_feed:
+            self._finish_requested = False
+            self._finish_pos = _NEVER
+            self.drained.set()
+            if self.on_drained is not None:
+                self.on_drained()
+
+    def played_ms(self, item_id: str) -> int:
+        """Milliseconds of ``item_id`` handed to the device so far (for item truncation)."""
+        handed = self._ring.read_position if self._ring is not None else 0
+        total = 0.0
+        for segment in self._segments:
+            if segment.item_id == item_id:
+                total += max(0, min(segment.end, handed) - segment.start) / segment.samples_per_ms
+        return int(total)
+
+    def handed_ns(self, mark: int) -> int | None:
+        """When the first sample of the audio ``play()`` returned ``mark`` for reached the device.
+
+        None if it has not been played yet (or was cleared, or is too old to remember).
+        """
+        position = next((p for m, p in self._marks if m == mark), None)
+        if position is None:
+            return None
+        records = self._log.snapshot()
+        played = records[(records[:, 0] > position) & (records[:, 1] > 0)]
+        return int(played[0, 2]) if len(played) else None
+
+    def first_render_after_ns(self, t_ns: int) -> int | None:
+        """Time of the first device callback after ``t_ns`` (after clear(): the silent one)."""
+        records = self._log.snapshot()
+        later = records[records[:, 2] > t_ns]
+        return int(later[0, 2]) if len(later) else None
+
+    def render_log(self) -> npt.NDArray[np.int64]:
+        """Per callback: (ring read position after it, real samples in it, monotonic ns)."""
+        return self._log.snapshot()
+
+    @property
+    def queued_ms(self) -> float:
+        """Audio not yet handed to the device (ring + loop-side queue), in ms."""
+        fmt = self._format
+        waiting = sum(len(q.samples) for q in self._queue) * 1000 / SPEAKER_RATE
+        if fmt is None or self._ring is None:
+            return waiting
+        in_ring = self._ring.available() + len(self._staged)
+        return waiting + in_ring / fmt.channels / fmt.rate * 1000
+
+    @property
+    def callbacks(self) -> int:
+        return self._log.count
+
+    @property
+    def format(self) -> StreamFormat | None:
+        return self._format
+
+    def status(self) -> StreamStatus:
+        return _status(self._device, self._format, self._started, self._started_ns, self._log)

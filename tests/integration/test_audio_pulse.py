@@ -1,0 +1,279 @@
+"""Real PyAudio streams on PulseAudio null devices (see tests/fixtures/pulse.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.audio import Audio, Earcon, earcon, open_audio
+from appliance.config import AudioSettings
+from appliance.errors import AudioDeviceError
+from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer
+
+RATE = 24000
+
+# A null sink may swallow the first few ms of a new stream (it rewinds when the stream
+# starts): streams begin with silence where exact contents are compared.
+LEAD_IN = np.zeros(RATE // 10, dtype=np.int16)
+
+pytestmark = pytest.mark.usefixtures("pulse")
+
+
+def noise(seconds: float, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-0.3, 0.3, int(seconds * RATE)) * 32767).astype(np.int16)
+
+
+def tone(frequency: float, seconds: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+
+
+def pitch(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+def find(needle: np.ndarray, haystack: np.ndarray) -> tuple[int, float]:
+    """Where ``needle`` is in ``haystack`` and how well it matches there (1.0 = exactly)."""
+    size = len(haystack) + len(needle)
+    spectrum = np.fft.rfft(haystack.astype(np.float64), size) * np.conj(
+        np.fft.rfft(needle.astype(np.float64), size)
+    )
+    offset = int(np.argmax(np.fft.irfft(spectrum, size)[: len(haystack) - len(needle) + 1]))
+    found = haystack[offset : offset + len(needle)].astype(np.float64)
+    wanted = needle.astype(np.float64)
+    score = float(found @ wanted / (np.linalg.norm(found) * np.linalg.norm(wanted) + 1e-9))
+    return offset, score
+
+
+def settings(monkeypatch: pytest.MonkeyPatch, **variables: str) -> AudioSettings:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return AudioSettings()
+
+
+@pytest.fixture
+async def audio(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Audio]:
+    loop = asyncio.get_running_loop()
+    with open_audio(
+        settings(monkeypatch, APPLIANCE_VOLUME="100"), service_input_rate=RATE, loop=loop
+    ) as audio:
+        yield audio
+
+
+async def until(condition: Callable[[], bool], audio: Audio, within_s: float = 10) -> None:
+    """Wait, one microphone period at a time, until ``condition()`` holds."""
+    async with asyncio.timeout(within_s):
+        while not condition():
+            await audio.mic.next_chunk()
+
+
+async def test_capture_yields_what_the_source_plays(audio: Audio, pulse: PulseServer) -> None:
+    mic = audio.mic
+    mic.start()
+    assert mic.format is not None
+    assert mic.format.rate == RATE
+    said = noise(0.5)
+    heard: list[np.ndarray] = []
+    feeding = asyncio.ensure_future(pulse.feed_mic_async(np.concatenate([LEAD_IN, said])))
+    async with asyncio.timeout(30):
+        while not feeding.done():
+            heard.append(await mic.next_chunk())
+        await feeding
+        # then until the noise has been followed by 100 ms of silence
+        while not np.concatenate(heard).any() or np.concatenate(heard)[-RATE // 10 :].any():
+            heard.append(await mic.next_chunk())
+    everything = np.concatenate(heard)
+    offset, score = find(said, everything)
+    assert score > 0.999
+    assert list(everything[offset : offset + len(said)]) == list(said)  # bit-exact
+    assert mic.overruns == 0
+
+
+async def test_playback_reaches_the_sink(audio: Audio, pulse: PulseServer) -> None:
+    speaker, recording = audio.speaker, pulse.recording
+    start = recording.position
+    speaker.start()
+    speaker.play(LEAD_IN, response=False)
+    answer = noise(0.5, seed=3)
+    for chunk in np.array_split(answer, 10):  # deltas
+        speaker.play(chunk.tobytes(), "item")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    assert speaker.played_ms("item") == 500
+    await recording.until(start + RATE * 2)
+    offset, score = find(answer, recording.samples(start, start + RATE * 2))
+    assert score > 0.999
+    assert list(recording.samples(start + offset, start + offset + len(answer))) == list(answer)
+    assert speaker.underruns == 0
+
+
+async def test_speaker_conversion_at_44100_keeps_a_tone(
+    monkeypatch: pytest.MonkeyPatch, pulse: PulseServer
+) -> None:
+    loop = asyncio.get_running_loop()
+    chosen = settings(monkeypatch, APPLIANCE_DEVICE_RATE="44100", APPLIANCE_VOLUME="100")
+    with open_audio(chosen, service_input_rate=RATE, loop=loop) as audio:
+        speaker, recording = audio.speaker, pulse.recording
+        speaker.start()
+        assert speaker.format is not None
+        assert speaker.format.rate == 44100
+        start = recording.position
+        speaker.play(tone(1000, 1.0), "item")
+        speaker.finish()
+        await asyncio.wait_for(speaker.drained.wait(), 10)
+        await recording.until(start + RATE * 2)
+        played = recording.samples(start, start + RATE * 2)
+    loud = np.flatnonzero(np.abs(played) > 1000)
+    sounding = played[loud[0] : loud[-1] + 1]
+    assert len(sounding) == pytest.approx(RATE, abs=RATE // 100)
+    assert pitch(sounding, RATE) == pytest.approx(1000, abs=2)
+
+
+async def test_microphone_conversion_from_48000_keeps_a_tone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PULSE_SOURCE", SINE_SOURCE)  # read by the ALSA pulse plugin at open
+    loop = asyncio.get_running_loop()
+    chosen = settings(monkeypatch, APPLIANCE_DEVICE_RATE="48000")
+    with open_audio(chosen, service_input_rate=16000, loop=loop) as audio:
+        mic = audio.mic
+        mic.start()
+        assert mic.format is not None
+        assert mic.format.rate == 48000
+        heard: list[np.ndarray] = []
+        async with asyncio.timeout(30):
+            while sum(map(len, heard)) < 16000 * 1.5:
+                heard.append(await mic.next_chunk())
+    audio_16k = np.concatenate(heard)[4000:]
+    assert pitch(audio_16k, 16000) == pytest.approx(SINE_HZ, abs=2)
+    assert audio.mic.level.peak > 0.1
+
+
+async def test_barge_in_cuts_the_answer_where_it_was(audio: Audio, pulse: PulseServer) -> None:
+    speaker, recording = audio.speaker, pulse.recording
+    audio.mic.start()
+    speaker.start()
+    start = recording.position
+    speaker.play(tone(700, 5.0), "answer")
+    await until(lambda: speaker.played_ms("answer") >= 300, audio)
+    cleared_ns = time.monotonic_ns()
+    cut = speaker.clear()
+    assert cut.item_id == "answer"
+    assert 300 <= cut.played_ms < 5000
+    await until(lambda: speaker.first_render_after_ns(cleared_ns) is not None, audio)
+    log = speaker.render_log()
+    after = log[log[:, 2] > cleared_ns]
+    # A period already being filled when clear() ran may finish; every later one is silent.
+    assert after[0, 1] in (0, 480)
+    assert not after[1:, 1].any()
+    await recording.until(recording.position + RATE)  # everything handed has been played
+    recorded = recording.samples(start, recording.position)
+    sounding = np.flatnonzero(np.abs(recorded) > 1000)
+    heard_ms = (sounding[-1] - sounding[0]) * 1000 / RATE
+    assert heard_ms == pytest.approx(speaker.played_ms("answer"), abs=25)
+
+
+async def test_earcons_and_answers_share_the_speaker(audio: Audio, pulse: PulseServer) -> None:
+    speaker, recording = audio.speaker, pulse.recording
+    start = recording.position
+    speaker.start()
+    speaker.play(LEAD_IN, response=False)
+    speaker.play_earcon(Earcon.LISTENING)
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    await recording.until(start + RATE * 2)
+    _, score = find(earcon(Earcon.LISTENING), recording.samples(start, start + RATE * 2))
+    assert score > 0.999
+
+
+async def test_status_tells_a_running_stream_from_a_stopped_one(audio: Audio) -> None:
+    mic, speaker = audio.mic, audio.speaker
+    assert not mic.status().started
+    mic.start()
+    speaker.start()
+    first = speaker.status().callbacks
+    await until(lambda: speaker.status().callbacks > first + 5, audio)
+    for status in (mic.status(), speaker.status()):
+        assert status.started
+        assert status.healthy
+        assert status.period_ms == 20
+        assert status.last_callback_ns > 0
+    speaker.stop()
+    mic.stop()
+    assert not speaker.status().started
+    assert speaker.status().failure is None
+
+
+async def test_a_missing_device_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    chosen = settings(monkeypatch, APPLIANCE_INPUT_DEVICE="no-such-mic")
+    with open_audio(chosen, service_input_rate=RATE, loop=loop) as audio:
+        with pytest.raises(AudioDeviceError) as caught:
+            audio.mic.start()
+        message = str(caught.value)
+        assert "no input device name contains 'no-such-mic' (APPLIANCE_INPUT_DEVICE)" in message
+        assert "'default'" in message
+        assert not audio.mic.started
+        audio.speaker.start()  # the speaker is not affected
+
+
+async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PulseServer(tmp_path / "pulse")
+    server.start()
+    try:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        loop = asyncio.get_running_loop()
+        with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
+            mic, speaker = audio.mic, audio.speaker
+            mic.start()
+            speaker.start()
+            for _ in range(5):
+                await asyncio.wait_for(mic.next_chunk(), 10)
+            server.kill()
+            # Nothing signals a dead device: the watchdog probes status(), and so do we.
+            async with asyncio.timeout(10):
+                while mic.status().healthy or speaker.status().healthy:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            started = time.monotonic()
+            mic.stop()
+            speaker.stop()
+            assert time.monotonic() - started < 5  # a dead device never hangs the loop
+            with pytest.raises(AudioDeviceError):
+                mic.start()
+            server.start()
+            mic.start()
+            speaker.start()
+            for _ in range(5):
+                await asyncio.wait_for(mic.next_chunk(), 10)
+            assert mic.status().healthy
+    finally:
+        server.stop()
+
+
+def test_appliance_devices_lists_devices_and_rates(pulse: PulseServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "devices"],
+        env={**pulse.client_env(), "APPLIANCE_OUTPUT_DEVICE": "pulse"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "default" in result.stdout
+    assert "24000" in result.stdout
+    assert "APPLIANCE_INPUT_DEVICE: (empty: the system default) -> [" in result.stdout
+    assert "APPLIANCE_OUTPUT_DEVICE: 'pulse' -> [" in result.stdout
+    assert "ALSA lib" not in result.stdout + result.stderr

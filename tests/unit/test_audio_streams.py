@@ -1,0 +1,533 @@
+"""Microphone and Speaker logic, with the device's periods driven by the test.
+
+The device here is a hand-cranked stand-in that calls the very callbacks PortAudio calls
+(``Speaker._render`` / ``Microphone._capture``), one period per :meth:`period` call, so
+the bookkeeping (played time, drained, underruns, overflow) is checked sample-exactly.
+The same behaviours on real PyAudio streams are in tests/integration/test_audio_pulse.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from appliance.audio import Earcon, Microphone, Speaker, StreamFormat, earcon
+from appliance.audio.resample import volume_to_gain
+from appliance.audio.ring import Samples
+from appliance.errors import AudioDeviceError
+
+RATE = 24000
+PERIOD = 480  # 20 ms
+
+
+def tone(frequency: float, seconds: float, rate: int = RATE, amplitude: float = 0.5) -> Samples:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+
+
+def ramp(count: int, start: int = 0) -> Samples:
+    return (np.arange(start, start + count) % 30000 + 1).astype(np.int16)
+
+
+def dominant_frequency(samples: Samples, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate / len(samples))
+
+
+class CrankedOutput:
+    """An output device whose periods happen when the test calls :meth:`period`."""
+
+    description = "cranked output"
+    xruns = 0
+
+    def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
+        self.format = StreamFormat(rate, channels, period)
+        self.render: Callable[[Samples], None] | None = None
+        self.running = False
+        self.fail_open: str | None = None
+
+    def open(self, render: Callable[[Samples], None]) -> StreamFormat:
+        if self.fail_open:
+            raise AudioDeviceError(self.fail_open)
+        self.render = render
+        return self.format
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def failure(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self.stop()
+
+    def period(self) -> Samples:
+        assert self.render is not None
+        assert self.running
+        out = np.full(self.format.period_frames * self.format.channels, 12345, dtype=np.int16)
+        self.render(out)
+        return out.copy()
+
+    def periods(self, count: int) -> Samples:
+        return np.concatenate([self.period() for _ in range(count)])
+
+
+class CrankedInput:
+    """An input device whose periods are pushed by the test."""
+
+    description = "cranked input"
+    xruns = 0
+
+    def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
+        self.format = StreamFormat(rate, channels, period)
+        self.capture: Callable[[Samples], None] | None = None
+        self.running = False
+
+    def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
+        self.capture = capture
+        return self.format
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def failure(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self.stop()
+
+    def push(self, samples: Samples) -> None:
+        assert self.capture is not None
+        assert self.running
+        step = self.format.period_frames * self.format.channels
+        for start in range(0, len(samples), step):
+            self.capture(samples[start : start + step])
+
+
+async def settle() -> None:
+    """Let the loop run what the device side scheduled with call_soon_threadsafe."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def output() -> CrankedOutput:
+    return CrankedOutput()
+
+
+@pytest.fixture
+async def speaker(output: CrankedOutput):
+    speaker = Speaker(output, loop=asyncio.get_running_loop(), volume=100, buffer_s=0.5)
+    speaker.start()
+    yield speaker
+    speaker.close()
+
+
+# ---- speaker ------------------------------------------------------------------------------
+
+
+async def test_plays_queued_audio_in_order_then_silence(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    audio = ramp(1000)
+    speaker.play(audio.tobytes(), "item")
+    played = output.periods(3)
+    assert list(played[:1000]) == list(audio)
+    assert not played[1000:].any()
+
+
+async def test_never_drops_an_answer_longer_than_the_ring(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    answer = ramp(RATE * 5)  # 5 s into a 0.5 s ring: deltas arrive faster than real time
+    for chunk in np.array_split(answer, 50):
+        speaker.play(chunk, "item")
+    assert speaker.queued_ms == pytest.approx(5000, abs=1)
+    played = []
+    for _ in range(RATE * 5 // PERIOD):
+        played.append(output.period())
+        await settle()  # the loop refills the ring when the device side asks
+    assert list(np.concatenate(played)) == list(answer)
+    assert speaker.underruns == 0
+
+
+async def test_volume_scales_what_is_queued_from_then_on(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    speaker.volume = 50
+    speaker.play(np.full(PERIOD, 20000, dtype=np.int16))
+    assert output.period()[0] == round(20000 * volume_to_gain(50))
+    speaker.volume = 0
+    speaker.play(np.full(PERIOD, 20000, dtype=np.int16))
+    assert not output.period().any()
+    with pytest.raises(ValueError, match="0-100"):
+        speaker.volume = 101
+
+
+async def test_clear_silences_the_next_period_and_reports_what_was_heard(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    speaker.play(tone(440, 3.0), "item_a")
+    output.periods(10)  # 200 ms handed to the device
+    cut = speaker.clear()
+    assert cut.item_id == "item_a"
+    assert cut.played_ms == 200
+    assert not output.period().any()  # the very next period is silent
+    assert speaker.played_ms("item_a") == 200
+    assert speaker.drained.is_set()
+    speaker.play(np.full(PERIOD, 7, dtype=np.int16), "item_b")
+    await settle()
+    following = output.periods(2)
+    assert list(following[:PERIOD]) == [7] * PERIOD
+    assert speaker.played_ms("item_a") == 200
+    assert speaker.played_ms("item_b") == 20
+
+
+async def test_played_ms_counts_only_what_the_device_was_handed(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    speaker.play(ramp(RATE), "first")
+    speaker.play(ramp(RATE // 2), "second")
+    for _ in range(60):  # 1.2 s
+        output.period()
+        await settle()
+    assert speaker.played_ms("first") == 1000
+    assert speaker.played_ms("second") == 200
+    assert speaker.played_ms("unknown") == 0
+
+
+async def test_finish_notifies_once_when_the_last_sample_was_handed(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    drained: list[float] = []
+    speaker.on_drained = lambda: drained.append(time.monotonic())
+    speaker.play(ramp(PERIOD * 3 + 100), "item")
+    speaker.finish()
+    assert not speaker.drained.is_set()
+    output.periods(3)
+    await settle()
+    assert not drained  # 100 samples are still waiting
+    output.period()
+    await settle()
+    assert len(drained) == 1
+    assert speaker.drained.is_set()
+    output.periods(5)
+    await settle()
+    assert len(drained) == 1
+
+
+async def test_finish_with_nothing_queued_notifies_at_once(speaker: Speaker) -> None:
+    calls = []
+    speaker.on_drained = lambda: calls.append(1)
+    speaker.finish()
+    await settle()
+    assert calls == [1]
+
+
+async def test_more_audio_after_finish_postpones_the_notification(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    calls = []
+    speaker.on_drained = lambda: calls.append(1)
+    speaker.play(ramp(PERIOD), "item")
+    speaker.finish()
+    speaker.play(ramp(PERIOD), "item")  # the answer went on after all
+    output.periods(3)
+    await settle()
+    assert calls == []
+    speaker.finish()
+    await settle()
+    assert calls == [1]
+
+
+async def test_an_earcon_after_finish_does_not_postpone_the_end_of_the_answer(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    calls = []
+    speaker.on_drained = lambda: calls.append(1)
+    speaker.play(ramp(PERIOD), "item")
+    speaker.finish()
+    speaker.play_earcon(Earcon.END)
+    output.period()
+    await settle()
+    assert calls == [1]
+
+
+async def test_underruns_count_only_while_an_answer_streams(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    output.periods(3)  # idle: silence is not an underrun
+    assert speaker.underruns == 0
+    speaker.play(ramp(PERIOD // 2), "item")
+    output.period()  # ran dry mid-period while the answer is still arriving
+    assert speaker.underruns == 1
+    speaker.finish()
+    output.periods(3)
+    assert speaker.underruns == 1
+    speaker.play_earcon(Earcon.LISTENING)
+    output.periods(20)
+    assert speaker.underruns == 1
+
+
+async def test_earcons_play_through_the_speaker_at_its_volume(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    speaker.volume = 80
+    speaker.play_earcon("listening")
+    sound = earcon(Earcon.LISTENING)
+    played = output.periods(len(sound) // PERIOD + 1)[: len(sound)]
+    expected = np.rint(sound * volume_to_gain(80))
+    assert np.max(np.abs(played - expected)) <= 1
+
+
+async def test_audio_queued_before_start_plays_when_started(output: CrankedOutput) -> None:
+    speaker = Speaker(output, loop=asyncio.get_running_loop(), volume=100)
+    with speaker:
+        speaker.play(ramp(100), "item")
+        speaker.start()
+        assert list(output.period()[:100]) == list(ramp(100))
+
+
+async def test_stop_drops_what_was_queued(speaker: Speaker, output: CrankedOutput) -> None:
+    speaker.play(ramp(RATE), "item")
+    speaker.finish()
+    output.period()
+    speaker.stop()
+    assert speaker.drained.is_set()
+    speaker.start()
+    assert not output.period().any()
+
+
+async def test_a_device_error_on_start_is_raised_and_can_be_retried(
+    output: CrankedOutput,
+) -> None:
+    speaker = Speaker(output, loop=asyncio.get_running_loop())
+    output.fail_open = "no such device"
+    with pytest.raises(AudioDeviceError, match="no such device"):
+        speaker.start()
+    assert not speaker.status().started
+    output.fail_open = None
+    speaker.start()
+    assert speaker.status().started
+    speaker.close()
+    speaker.close()  # idempotent
+    with pytest.raises(AudioDeviceError, match="closed"):
+        speaker.start()
+
+
+async def test_resamples_to_the_device_rate_keeping_the_pitch() -> None:
+    output = CrankedOutput(rate=48000, period=960)
+    with Speaker(output, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        speaker.start()
+        speaker.play(tone(1000, 1.0), "item")
+        speaker.finish()
+        played = []
+        for _ in range(60):
+            played.append(output.period())
+            await settle()
+        audio = np.concatenate(played)
+        assert speaker.drained.is_set()
+        sounding = np.flatnonzero(audio)
+        assert sounding[-1] - sounding[0] + 1 == pytest.approx(48000, abs=48)
+        assert dominant_frequency(audio[4800:43200], 48000) == pytest.approx(1000, abs=3)
+        assert speaker.played_ms("item") == pytest.approx(1000, abs=5)
+
+
+async def test_a_stereo_device_gets_the_mono_audio_on_both_channels() -> None:
+    output = CrankedOutput(channels=2)
+    with Speaker(output, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        speaker.start()
+        speaker.play(ramp(PERIOD), "item")
+        frames = output.period().reshape(-1, 2)
+        assert list(frames[:, 0]) == list(ramp(PERIOD))
+        assert list(frames[:, 1]) == list(ramp(PERIOD))
+        assert speaker.played_ms("item") == 20
+
+
+async def test_latency_marks_find_when_a_chunk_reached_the_device(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    output.periods(2)
+    first = speaker.play(ramp(PERIOD), "item")
+    second = speaker.play(ramp(PERIOD), "item")
+    before = time.monotonic_ns()
+    output.period()
+    handed_first = speaker.handed_ns(first)
+    assert handed_first is not None
+    assert handed_first >= before
+    assert speaker.handed_ns(second) is None  # not played yet
+    output.period()
+    handed_second = speaker.handed_ns(second)
+    assert handed_second is not None
+    assert handed_second > handed_first
+    cleared = time.monotonic_ns()
+    speaker.clear()
+    output.period()
+    silent = speaker.first_render_after_ns(cleared)
+    assert silent is not None
+    assert silent > cleared
+    log = speaker.render_log()
+    assert log.shape == (5, 3)
+    assert list(log[-1, :2]) == [log[-2, 0] + 0, 0]  # no audio in the last period
+
+
+async def test_status_reports_liveness(speaker: Speaker, output: CrankedOutput) -> None:
+    status = speaker.status()
+    assert status.started
+    assert status.healthy
+    assert status.callbacks == 0
+    output.periods(3)
+    status = speaker.status()
+    assert status.callbacks == 3
+    assert status.last_callback_ns > 0
+    assert status.rate == RATE
+    assert status.period_ms == 20
+
+
+def retained_bytes(call: Callable[[], None], count: int) -> int:
+    """Bytes still allocated from appliance/ after ``count`` calls (after a warm-up)."""
+    ours = [tracemalloc.Filter(True, "*/appliance/*")]
+    tracemalloc.start()
+    try:
+        for _ in range(1000):
+            call()
+        before = tracemalloc.take_snapshot().filter_traces(ours)
+        for _ in range(count):
+            call()
+        after = tracemalloc.take_snapshot().filter_traces(ours)
+    finally:
+        tracemalloc.stop()
+    return sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+
+
+async def test_the_speaker_callback_keeps_no_memory(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    speaker.play(tone(440, 30.0), "item")  # more than the ring: the loop refills it
+    buffer = np.zeros(PERIOD, dtype=np.int16)
+    assert output.render is not None
+    render = output.render
+    assert retained_bytes(lambda: render(buffer), 2000) == 0
+
+
+# ---- microphone ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mic_input() -> CrankedInput:
+    return CrankedInput()
+
+
+@pytest.fixture
+async def mic(mic_input: CrankedInput):
+    mic = Microphone(mic_input, loop=asyncio.get_running_loop(), service_rate=RATE, buffer_s=1.0)
+    mic.start()
+    yield mic
+    mic.close()
+
+
+async def test_reads_what_was_captured(mic: Microphone, mic_input: CrankedInput) -> None:
+    audio = ramp(PERIOD * 5)
+    mic_input.push(audio)
+    assert list(mic.read()) == list(audio)
+    assert len(mic.read()) == 0
+
+
+async def test_wakes_the_loop_when_audio_arrives(mic: Microphone, mic_input: CrankedInput) -> None:
+    woken = []
+    mic.on_audio = lambda: woken.append(1)
+    waiting = asyncio.ensure_future(mic.next_chunk())
+    await settle()
+    assert not waiting.done()
+    mic_input.push(ramp(PERIOD))
+    chunk = await asyncio.wait_for(waiting, 5)
+    assert list(chunk) == list(ramp(PERIOD))
+    assert woken == [1]
+
+
+async def test_gain_and_level(mic: Microphone, mic_input: CrankedInput) -> None:
+    mic.gain_db = 6.0206  # x2
+    mic_input.push(np.full(PERIOD, 1000, dtype=np.int16))
+    assert set(mic.read()) == {2000}
+    assert mic.level.peak == pytest.approx(2000 / 32768, rel=1e-3)
+    mic_input.push(np.full(PERIOD, 30000, dtype=np.int16))
+    assert set(mic.read()) == {32767}  # clipped, not wrapped around
+
+
+async def test_muted_sends_silence_but_still_measures(
+    mic: Microphone, mic_input: CrankedInput
+) -> None:
+    mic.muted = True
+    mic_input.push(np.full(PERIOD, 1000, dtype=np.int16))
+    chunk = mic.read()
+    assert len(chunk) == PERIOD
+    assert not chunk.any()
+    assert mic.level.rms > 0
+
+
+async def test_a_slow_reader_loses_the_oldest_audio_and_it_is_counted(
+    mic: Microphone, mic_input: CrankedInput
+) -> None:
+    audio = ramp(RATE * 3)  # 3 s into a 1 s ring
+    mic_input.push(audio)
+    assert list(mic.read()) == list(audio[-RATE:])
+    assert mic.dropped_ms == pytest.approx(2000)
+    assert mic.overruns == 100  # every period after the first second pushed audio out
+
+
+async def test_audio_stays_readable_after_stop_until_the_next_start(
+    mic: Microphone, mic_input: CrankedInput
+) -> None:
+    mic_input.push(ramp(PERIOD))
+    mic.stop()
+    assert len(mic.read()) == PERIOD
+    mic_input.running = True
+    mic_input.push(ramp(PERIOD))
+    mic.start()
+    assert len(mic.read()) == 0  # a new conversation hears nothing of the old one
+
+
+async def test_resamples_a_48k_device_to_the_service_rate() -> None:
+    device = CrankedInput(rate=48000, period=960)
+    with Microphone(device, loop=asyncio.get_running_loop(), service_rate=16000) as mic:
+        mic.start()
+        device.push(tone(440, 1.0, rate=48000))
+        audio = mic.read()
+        assert abs(len(audio) - 16000) < 16000 * 0.05  # the filter holds back a few ms
+        assert dominant_frequency(audio, 16000) == pytest.approx(440, abs=2)
+
+
+async def test_a_stereo_device_is_mixed_down() -> None:
+    device = CrankedInput(channels=2)
+    with Microphone(device, loop=asyncio.get_running_loop(), service_rate=RATE) as mic:
+        mic.start()
+        left = np.full(PERIOD, 1000, dtype=np.int16)
+        right = np.full(PERIOD, 3000, dtype=np.int16)
+        device.push(np.column_stack([left, right]).reshape(-1))
+        assert set(mic.read()) == {2000}
+
+
+async def test_the_microphone_callback_keeps_no_memory(
+    mic: Microphone, mic_input: CrankedInput
+) -> None:
+    frame = ramp(PERIOD)
+    assert mic_input.capture is not None
+    capture = mic_input.capture
+
+    def period() -> None:
+        capture(frame)
+        if mic.callbacks % 25 == 0:
+            mic.read()
+
+    assert retained_bytes(period, 2000) == 0
