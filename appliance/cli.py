@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from appliance import __version__
 
 if TYPE_CHECKING:
+    from appliance.audio.devices import Direction, PortAudio
     from appliance.config import Settings
     from appliance.system.journal import SecretFilter
 
@@ -163,7 +164,67 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    return _not_available("devices")
+    """List the sound devices, the rates each accepts, and which ones the settings select."""
+    from appliance.audio.devices import PortAudio, device_table
+    from appliance.errors import AudioDeviceError, ConfigError
+
+    try:
+        audio = load_config(args).audio
+    except ConfigError as exc:  # listing devices helps to fix the audio settings
+        print(f"appliance: {exc}\n(listing the devices with default audio settings)\n")
+        from appliance.config import AudioSettings
+
+        audio = AudioSettings.model_construct()
+    with PortAudio() as portaudio:
+        try:
+            rows = device_table(portaudio)
+            chosen = {
+                "input": _chosen_device(portaudio, audio.input_device, "input"),
+                "output": _chosen_device(portaudio, audio.output_device, "output"),
+            }
+        except AudioDeviceError as exc:
+            print(f"appliance: {exc}", file=sys.stderr)
+            return 1
+    if not rows:
+        print("No audio devices found (is the sound card connected, or the sound server up?)")
+        return 1
+    print("Audio devices (rates in Hz that each accepts for 16-bit audio):\n")
+    for device, input_rates, output_rates in rows:
+        marks = [
+            f"{name} (default)" if default else name
+            for name, default, present in (
+                ("input", device.default_input, device.max_input_channels),
+                ("output", device.default_output, device.max_output_channels),
+            )
+            if present
+        ]
+        print(f"  [{device.index}] {device.name}  ({device.host_api}; {', '.join(marks)})")
+        if device.max_input_channels:
+            print(f"      input:  {device.max_input_channels} ch, {_rates(input_rates)}")
+        if device.max_output_channels:
+            print(f"      output: {device.max_output_channels} ch, {_rates(output_rates)}")
+    print()
+    for direction, variable in (
+        ("input", "APPLIANCE_INPUT_DEVICE"),
+        ("output", "APPLIANCE_OUTPUT_DEVICE"),
+    ):
+        print(f"{variable}: {chosen[direction]}")
+    return 0
+
+
+def _rates(rates: list[int]) -> str:
+    return ", ".join(map(str, rates)) if rates else "no standard rate"
+
+
+def _chosen_device(portaudio: PortAudio, spec: int | str | None, direction: Direction) -> str:
+    from appliance.errors import AudioDeviceError
+
+    shown = "(empty: the system default)" if spec is None else repr(spec)
+    try:
+        device = portaudio.find(spec, direction)
+    except AudioDeviceError as exc:
+        return f"{shown} -> not usable: {exc}"
+    return f"{shown} -> [{device.index}] {device.name}"
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
