@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -74,21 +73,26 @@ def _quiet_stderr() -> Iterator[None]:
     another thread writes to stderr meanwhile is logged at DEBUG rather than lost.
     """
     try:
+        capture = os.memfd_create("portaudio-stderr")  # no file system needed
         saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to keep quiet
+    except OSError:  # no stderr, or no memfd: let the chatter through
         yield
         return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+    try:
+        os.dup2(capture, 2)
         try:
             yield
         finally:
             os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            chatter = capture.read().decode(errors="replace").strip()
-            if chatter:
-                log.debug("PortAudio/ALSA said:\n%s", chatter)
+        os.lseek(capture, 0, os.SEEK_SET)
+        chatter = b""
+        while block := os.read(capture, 65536):
+            chatter += block
+        if chatter.strip():
+            log.debug("PortAudio/ALSA said:\n%s", chatter.decode(errors="replace").strip())
+    finally:
+        os.close(saved)
+        os.close(capture)
 
 
 def _describe_os_error(exc: BaseException) -> str:

@@ -226,6 +226,7 @@ class Microphone:
         self._wake_pending = False
         self._started = False
         self._started_ns = 0
+        self._flush_pending = False
         self._closed = False
         self.callback_errors = 0
 
@@ -274,6 +275,7 @@ class Microphone:
                 self._resampler.reset()
             self._format = fmt
             self._wake_pending = False
+            self._flush_pending = False
             self._device.start()
         except BaseException:
             self._device.stop()
@@ -286,6 +288,7 @@ class Microphone:
         if self._started:
             self._started = False
             self._device.stop()
+            self._flush_pending = True  # the resampler still holds the last few ms
 
     def close(self) -> None:
         self.stop()
@@ -312,17 +315,25 @@ class Microphone:
         self._gain = db_to_gain(value)
 
     def read(self) -> Samples:
-        """All audio captured since the last read: int16 mono at the service rate (maybe empty)."""
+        """All audio captured since the last read: int16 mono at the service rate (maybe empty).
+
+        After stop(), the first read also returns the tail the resampler still held, so
+        that everything said before the button was released is sent.
+        """
         ring, resampler, fmt = self._ring, self._resampler, self._format
         if ring is None or resampler is None or fmt is None:
             return _EMPTY
         count = ring.available()
-        if count == 0:
+        flush = self._flush_pending and not self._started
+        if count == 0 and not flush:
             return _EMPTY
         raw = np.empty(count, dtype=np.int16)
-        got = ring.read_into(raw)
-        mono = downmix(raw[:got], fmt.channels)
-        out = scale(resampler.process(mono), self._gain)
+        got = ring.read_into(raw) if count else 0
+        converted = resampler.process(downmix(raw[:got], fmt.channels))
+        if flush:
+            self._flush_pending = False
+            converted = np.concatenate([converted, resampler.flush()])
+        out = scale(converted, self._gain)
         if len(out):
             as_float = out.astype(np.float32) / 32768.0
             self.level = Level(
@@ -357,6 +368,11 @@ class Microphone:
     @property
     def callbacks(self) -> int:
         return self._log.count
+
+    @property
+    def device_xruns(self) -> int:
+        """Periods the device itself flagged as overflowed (audio lost before our callback)."""
+        return self._device.xruns
 
     @property
     def format(self) -> StreamFormat | None:
@@ -710,6 +726,11 @@ class Speaker:
     @property
     def callbacks(self) -> int:
         return self._log.count
+
+    @property
+    def device_xruns(self) -> int:
+        """Periods the device itself flagged as underflowed (it played a gap)."""
+        return self._device.xruns
 
     @property
     def format(self) -> StreamFormat | None:
