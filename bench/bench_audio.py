@@ -1,0 +1,237 @@
+"""Audio hot path: ring cost, allocations per callback, full-duplex CPU and xruns.
+
+Runs on a private PulseAudio server with null devices (tests/fixtures/pulse.py), so it
+works without a sound card. Environment knobs: BENCH_AUDIO_SECONDS (default 60) for the
+length of each full-duplex run, BENCH_AUDIO_IDLE_SECONDS (default 10) for the idle run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from appliance.audio import Audio, Microphone, Speaker, open_audio
+from appliance.audio.devices import _Link
+from appliance.audio.ring import RingBuffer
+from appliance.config import AudioSettings
+from bench.report import median, table
+from tests.fixtures.pulse import PulseServer
+
+RATE = 24000
+FRAME = 480  # 20 ms at 24 kHz
+CALLBACKS = 10_000
+DUPLEX_S = float(os.environ.get("BENCH_AUDIO_SECONDS", "60"))
+IDLE_S = float(os.environ.get("BENCH_AUDIO_IDLE_SECONDS", "10"))
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return usage.ru_utime + usage.ru_stime
+
+
+def ring_ns_per_frame() -> list[list[object]]:
+    rows: list[list[object]] = []
+    for drop_oldest in (True, False):
+        ring = RingBuffer(RATE * 5, drop_oldest=drop_oldest)
+        frame = np.arange(FRAME, dtype=np.int16)
+        out = np.empty(FRAME, dtype=np.int16)
+        rounds = []
+        for _ in range(7):
+            count = 50_000
+            start = time.perf_counter_ns()
+            for _ in range(count):
+                ring.write(frame)
+                ring.read_into(out)
+            rounds.append((time.perf_counter_ns() - start) / count)
+        policy = "drop oldest (microphone)" if drop_oldest else "keep (speaker)"
+        rows.append([f"write + read_into, 480 samples, {policy}", median(rounds), min(rounds)])
+    return rows
+
+
+def measure_callback(call: Callable[[], object], count: int) -> tuple[float, int, int, float]:
+    """(retained bytes per callback from appliance/, max and median transient peak, ns/call)."""
+    ours = [tracemalloc.Filter(True, "*/appliance/*")]
+    for _ in range(200):
+        call()
+    tracemalloc.start()
+    try:
+        for _ in range(200):  # ints our counters hold are now traced ones
+            call()
+        before = tracemalloc.take_snapshot().filter_traces(ours)
+        peaks = []
+        for _ in range(count):
+            current = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            call()
+            peaks.append(tracemalloc.get_traced_memory()[1] - current)
+        after = tracemalloc.take_snapshot().filter_traces(ours)
+    finally:
+        tracemalloc.stop()
+    retained = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        call()
+    ns = (time.perf_counter_ns() - start) / count
+    return retained / count, max(peaks), int(median(peaks)), ns
+
+
+async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[object]]:
+    """Call the very callbacks PyAudio calls, 10,000 times each, under tracemalloc."""
+    from appliance.audio.devices import PortAudio, PyAudioInput, PyAudioOutput
+
+    seconds = 2.2 * CALLBACKS * FRAME / RATE  # measured twice: under tracemalloc, then timed
+    with PortAudio() as portaudio:
+        # Rings large enough for every callback to carry audio, so that nothing but the
+        # callbacks runs (no loop-side refill) while they are measured.
+        mic = Microphone(PyAudioInput(portaudio), loop=loop, service_rate=RATE, buffer_s=seconds)
+        speaker = Speaker(PyAudioOutput(portaudio), loop=loop, volume=100, buffer_s=seconds)
+        with mic, speaker:
+            mic.start()
+            speaker.start()
+            mic.stop()
+            speaker.stop()
+            t = np.arange(int(seconds * RATE)) / RATE
+            speaker.play((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), "item")
+            input_link = _Link(mic._capture, FRAME, 1)
+            output_link = _Link(speaker._render, FRAME, 1)
+            in_data = (np.arange(FRAME, dtype=np.int16) * 3).tobytes()
+            time_info = {"input_buffer_adc_time": 0.0, "current_time": 0.0}
+            rows = []
+            for name, call in (
+                (
+                    "input (microphone)",
+                    lambda: input_link.input_callback(in_data, FRAME, time_info, 0),
+                ),
+                (
+                    "output (speaker)",
+                    lambda: output_link.output_callback(None, FRAME, time_info, 0),
+                ),
+            ):
+                retained, peak_max, peak_median, ns = measure_callback(call, CALLBACKS)
+                rows.append([name, retained, peak_median, peak_max, ns / 1000])
+            assert speaker.underruns == 0, "the speaker ran dry during the measurement"
+            assert mic.overruns == 0
+    return rows
+
+
+async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop) -> list[object]:
+    settings = AudioSettings(APPLIANCE_PERIOD_MS=period_ms, APPLIANCE_VOLUME=100)
+    audio: Audio
+    with open_audio(settings, service_input_rate=RATE, loop=loop) as audio:
+        mic, speaker = audio.mic, audio.speaker
+        mic.start()
+        speaker.start()
+        sent = 0
+
+        async def send_microphone() -> None:
+            nonlocal sent
+            while True:
+                chunk = await mic.next_chunk()
+                sent += len(chunk.tobytes())  # what the session would base64 and send
+
+        async def answer() -> None:
+            # One long answer arriving as 100 ms deltas at twice real time, as the service does.
+            t = np.arange(RATE // 10) / RATE
+            delta = (6000 * np.sin(2 * np.pi * 330 * t)).astype(np.int16).tobytes()
+            for _ in range(int(seconds * 10)):
+                speaker.play(delta, "answer")
+                await asyncio.sleep(0.05)
+            speaker.finish()
+            await speaker.drained.wait()
+
+        wall, cpu = time.monotonic(), cpu_s()
+        async with asyncio.TaskGroup() as group:
+            sender = group.create_task(send_microphone())
+            await group.create_task(answer())
+            sender.cancel()
+        wall, cpu = time.monotonic() - wall, cpu_s() - cpu
+        mic_status, speaker_status = mic.status(), speaker.status()
+        mic_xruns, speaker_xruns = mic.device_xruns, speaker.device_xruns
+        expected = wall * 1000 / period_ms
+        return [
+            f"{period_ms} ms",
+            round(wall, 1),
+            100 * cpu / wall,
+            speaker.underruns,
+            mic.overruns,
+            round(mic.dropped_ms),
+            f"{mic_xruns}/{speaker_xruns}",
+            f"{mic_status.callbacks / expected:.3f}/{speaker_status.callbacks / expected:.3f}",
+            sent // 2 // RATE,
+        ]
+
+
+async def idle(seconds: float, loop: asyncio.AbstractEventLoop) -> list[object]:
+    with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
+        audio.mic.start()
+        audio.speaker.start()
+        await audio.mic.next_chunk()
+        audio.mic.stop()
+        audio.speaker.stop()
+        wall, cpu = time.monotonic(), cpu_s()
+        await asyncio.sleep(seconds)
+        wall, cpu = time.monotonic() - wall, cpu_s() - cpu
+        return ["streams stopped (idle between conversations)", round(wall, 1), 100 * cpu / wall]
+
+
+async def run() -> None:
+    loop = asyncio.get_running_loop()
+    table(
+        "Ring buffer: one 20 ms frame at 24 kHz (ns per frame, 7 rounds of 50,000)",
+        ["operation", "median", "best"],
+        ring_ns_per_frame(),
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-audio-") as root,
+        PulseServer(Path(root), record=False) as pulse,
+    ):
+        os.environ.update(pulse.env)  # PortAudio reads it when it initialises
+        table(
+            f"Allocations per callback ({CALLBACKS:,} calls each, tracemalloc; bytes)",
+            [
+                "PyAudio callback",
+                "retained from appliance/ per call",
+                "transient peak, median",
+                "transient peak, max",
+                "us per call",
+            ],
+            await callback_allocations(loop),
+        )
+        rows = [await duplex(period, DUPLEX_S, loop) for period in (20, 10)]
+        table(
+            f"Full duplex on PulseAudio null devices, 24 kHz, {DUPLEX_S:.0f} s each "
+            "(mic read continuously; one answer as 100 ms deltas at 2x real time)",
+            [
+                "period",
+                "wall s",
+                "CPU % of a core",
+                "speaker underruns",
+                "mic overruns",
+                "mic dropped ms",
+                "PortAudio xruns in/out",
+                "callbacks / expected in/out",
+                "mic s sent",
+            ],
+            rows,
+        )
+        table(
+            f"Idle ({IDLE_S:.0f} s)",
+            ["state", "wall s", "CPU % of a core"],
+            [await idle(IDLE_S, loop)],
+        )
+
+
+def main() -> None:
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
