@@ -8,6 +8,7 @@ length of each full-duplex run, BENCH_AUDIO_IDLE_SECONDS (default 10) for the id
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import tempfile
@@ -65,6 +66,7 @@ def measure_callback(call: Callable[[], object], count: int) -> tuple[float, int
     try:
         for _ in range(200):  # ints our counters hold are now traced ones
             call()
+        gc.collect()  # garbage waiting for the collector is not memory kept
         before = tracemalloc.take_snapshot().filter_traces(ours)
         peaks = []
         for _ in range(count):
@@ -72,6 +74,7 @@ def measure_callback(call: Callable[[], object], count: int) -> tuple[float, int
             tracemalloc.reset_peak()
             call()
             peaks.append(tracemalloc.get_traced_memory()[1] - current)
+        gc.collect()
         after = tracemalloc.take_snapshot().filter_traces(ours)
     finally:
         tracemalloc.stop()

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 
-CLOSE_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
 PREFERRED_RATE = 24000
 STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)

@@ -77,13 +77,13 @@ async def until(condition: Callable[[], bool], audio: Audio, within_s: float = 1
 
 
 async def test_capture_yields_what_the_source_plays(audio: Audio, pulse: PulseServer) -> None:
-    mic = audio.mic
+    mic, source = audio.mic, pulse.mic_recording
     mic.start()
     assert mic.format is not None
     assert mic.format.rate == RATE
-    said = noise(0.5)
+    start = source.position
     heard: list[np.ndarray] = []
-    feeding = asyncio.ensure_future(pulse.feed_mic_async(np.concatenate([LEAD_IN, said])))
+    feeding = asyncio.ensure_future(pulse.feed_mic_async(np.concatenate([LEAD_IN, noise(0.5)])))
     async with asyncio.timeout(30):
         while not feeding.done():
             heard.append(await mic.next_chunk())
@@ -91,6 +91,12 @@ async def test_capture_yields_what_the_source_plays(audio: Audio, pulse: PulseSe
         # then until the noise has been followed by 100 ms of silence
         while not np.concatenate(heard).any() or np.concatenate(heard)[-RATE // 10 :].any():
             heard.append(await mic.next_chunk())
+    await source.until(source.position + RATE // 2)
+    # What the source produced (recorded by parec alongside), from its first sound to its last.
+    produced = source.samples(start, source.position)
+    sounding = np.flatnonzero(produced)
+    said = produced[sounding[0] : sounding[-1] + 1]
+    assert len(said) >= RATE // 2
     everything = np.concatenate(heard)
     offset, score = find(said, everything)
     assert score > 0.999
