@@ -120,7 +120,8 @@ def sigkill_to_ready_s(runs: int = KILL_RUNS) -> tuple[list[float], list[float]]
         return reason
     from tests.integration import test_nspawn_service as service_test
 
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir=nspawn.CACHE))
+    nspawn.sweep_stale_work_dirs()
+    work = nspawn.work_dir("bench")
     container = nspawn.Container(work, work.with_suffix(".console.log"))
     try:
         nspawn.copy_tree(nspawn.base_rootfs(), work)
@@ -151,7 +152,7 @@ def sigkill_to_ready_s(runs: int = KILL_RUNS) -> tuple[list[float], list[float]]
         return to_ready, exec_to_ready
     finally:
         container.shutdown()
-        nspawn.remove_tree(work)
+        nspawn.remove_work_dir(work)
         work.with_suffix(".console.log").unlink(missing_ok=True)
 
 
