@@ -13,6 +13,8 @@ from tests.fixtures.nspawn import SOURCE_IN_ROOTFS, Container, missing_prerequis
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.privileged,
+    # The first test also pays for debootstrap and install.sh on a fresh clone.
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(missing_prerequisites() is not None, reason=str(missing_prerequisites())),
 ]
 

@@ -21,6 +21,8 @@ from tests.fixtures.nspawn import Container, missing_prerequisites
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.privileged,
+    # The first test also pays for debootstrap and install.sh on a fresh clone.
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(missing_prerequisites() is not None, reason=str(missing_prerequisites())),
 ]
 
