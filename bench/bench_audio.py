@@ -185,6 +185,16 @@ async def idle(seconds: float, loop: asyncio.AbstractEventLoop) -> list[object]:
         return ["streams stopped (idle between conversations)", round(wall, 1), 100 * cpu / wall]
 
 
+async def warm_up(loop: asyncio.AbstractEventLoop) -> None:
+    """Run both streams for a moment: a null sink that just woke up starts streams late."""
+    with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
+        audio.mic.start()
+        audio.speaker.start()
+        async with asyncio.timeout(30):
+            while audio.speaker.callbacks < 50:
+                await audio.mic.next_chunk()
+
+
 async def run() -> None:
     loop = asyncio.get_running_loop()
     table(
@@ -197,6 +207,7 @@ async def run() -> None:
         PulseServer(Path(root), record=False) as pulse,
     ):
         os.environ.update(pulse.env)  # PortAudio reads it when it initialises
+        await warm_up(loop)
         table(
             f"Allocations per callback ({CALLBACKS:,} calls each, tracemalloc; bytes)",
             [

@@ -576,10 +576,13 @@ class Speaker:
         if item_id is not None:
             self._last_item = item_id
         if response:
-            self._streaming = True
             self._cancel_finish()
         self.drained.clear()
         self._feed()
+        if response:
+            # Only now: a device period running meanwhile must not count the ring, still
+            # empty before the feed above, as run dry.
+            self._streaming = True
         return mark
 
     def play_earcon(self, kind: Earcon | str) -> int:
