@@ -220,7 +220,10 @@ class _Builder:
     def interrupt(self, *, by_server: bool) -> None:
         """Silence the answer now and tell the service what was actually heard."""
         self.steps.append(Action.STOP_PLAYBACK)
-        if self.ctx.response_active and not (by_server and self.ctx.server_interrupts):
+        # A response asked for but not yet confirmed is as good as active: the cancel goes
+        # out after the create, on the same ordered connection.
+        answering = self.ctx.response_active or self.ctx.awaiting_response
+        if answering and not (by_server and self.ctx.server_interrupts):
             self.steps.append(Action.CANCEL_RESPONSE)
         self.steps.append(Action.TRUNCATE)
         # Talking over a goodbye means the conversation goes on.

@@ -764,15 +764,18 @@ class VoiceSession:
         return sent
 
     async def cancel_response(self) -> bool:
-        """response.cancel for the active response; does nothing (False) when none is active."""
+        """response.cancel for the active response; does nothing (False) when none is active.
+
+        A response asked for (response.create sent) but not confirmed yet is cancelled too:
+        the cancel follows the create on the same connection, so the service has it by then.
+        No response id is named: only one response is ever active, and the id we know may
+        be of one that has just ended, which would leave the new one running.
+        """
         link = self._ready_link()
-        response_id = self.response_id
-        if link is None or response_id is None:
+        if link is None or (self.response_id is None and self._response_expected_at is None):
             return False
         self._tool_followup = False
-        return await self._send(
-            link, "response.cancel", link.conn.response.cancel(response_id=response_id)
-        )
+        return await self._send(link, "response.cancel", link.conn.response.cancel())
 
     async def truncate(self, item_id: str, audio_end_ms: int) -> bool:
         """Tell the service the user heard only ``audio_end_ms`` of this answer item."""

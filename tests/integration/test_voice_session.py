@@ -264,7 +264,7 @@ async def test_cancel_only_when_a_response_is_active_and_truncate_to_what_arrive
     assert done.response.status == "cancelled"
     assert session.response_id is None
     (cancel,) = record.received_of("response.cancel")
-    assert cancel["response_id"] == created.response.id
+    assert "response_id" not in cancel  # only one is ever active; a stale id would miss it
     assert not await session.cancel_response()
     assert len(record.received_of("response.cancel")) == 1
     # The service refuses a truncation beyond what it sent: clamp to what arrived.

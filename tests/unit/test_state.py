@@ -457,6 +457,12 @@ def test_push_to_talk_released_while_connecting_sends_the_turn_once_ready() -> N
     assert ready.steps[:2] == (Action.COMMIT_INPUT, Action.CREATE_RESPONSE)
 
 
+def test_push_to_talk_press_before_the_answer_started_cancels_it() -> None:
+    ctx = _run(initial(ButtonMode.PUSH_TO_TALK), Event.PRESS, Event.SESSION_READY, Event.RELEASE)
+    assert ctx.awaiting_response
+    assert Action.CANCEL_RESPONSE in transition(ctx, Event.PRESS).steps
+
+
 def test_push_to_talk_waits_for_the_new_response_not_a_stale_done() -> None:
     ctx = _run(initial(ButtonMode.PUSH_TO_TALK), Event.PRESS, Event.SESSION_READY, Event.RELEASE)
     # response.done of an earlier, cancelled response; the new one has not started yet.
