@@ -108,6 +108,14 @@ class LedPlayer:
         self.history.append(name)
         self._changed.set()
 
+    def set_heartbeat(self, heartbeat: bool) -> None:
+        """The idle look changed (a reload): show it at once if idle."""
+        if heartbeat != self._heartbeat:
+            self._heartbeat = heartbeat
+            if self._pattern.name is LedPattern.IDLE:
+                self._pattern = pattern_for(LedPattern.IDLE, pwm=self._pwm, heartbeat=heartbeat)
+                self._changed.set()
+
     def _write(self, level: float) -> None:
         if self._led is not None:
             self._led.value = level if self._pwm else (1 if level >= 0.5 else 0)
@@ -206,6 +214,11 @@ class Controls:
         if self._closed:
             return
         self._closed = True
+        # gpiozero's hold thread, while the button is held, waits out the whole hold time
+        # before it sees a close: up to APPLIANCE_HOLD_S of a stopping device. Wake it.
+        inactive = getattr(self.button, "_inactive_event", None)
+        if inactive is not None:
+            inactive.set()
         for device in (self.button, self._led):
             if device is not None:
                 device.close()

@@ -28,16 +28,19 @@ CLICK_S = 0.12  # how long a click holds the button down, like a finger would
 
 
 class Finger:
-    """Presses and releases the simulated button by driving its MockFactory pin."""
+    """Presses and releases the simulated button by driving its MockFactory pin.
 
-    def __init__(self, button: Any) -> None:
+    ``button`` returns the gpiozero Button to press (None: there is none right now, e.g.
+    while the appliance rebuilds after a reload).
+    """
+
+    def __init__(self, button: Callable[[], Any | None]) -> None:
         self._button = button
-        self._pin = button.pin
-        self._pull_up = bool(button.pull_up)
 
     @property
     def pressed(self) -> bool:
-        return bool(self._button.is_pressed)
+        button = self._button()
+        return button is not None and bool(button.is_pressed)
 
     def press(self) -> None:
         if not self.pressed:
@@ -48,11 +51,14 @@ class Finger:
             self._drive(active=False)
 
     def _drive(self, *, active: bool) -> None:
+        button = self._button()
+        if button is None:
+            return
         # With the pull-up, the wired button pulls the pin to GND when pressed.
-        if active == self._pull_up:
-            self._pin.drive_low()
+        if active == bool(button.pull_up):
+            button.pin.drive_low()
         else:
-            self._pin.drive_high()
+            button.pin.drive_high()
 
     async def hold(self, seconds: float) -> None:
         # Holding a button is a human action that takes time: this sleep is the simulation.

@@ -59,7 +59,7 @@ async def test_button_events_reach_the_loop(factory: MockFactory) -> None:
     with Controls(
         gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
     ) as controls:
-        finger = Finger(controls.button)
+        finger = Finger(lambda: controls.button)
         finger.press()
         finger.release()
         await received.until(Event.PRESS, Event.RELEASE)
@@ -70,7 +70,7 @@ async def test_a_long_press_is_reported_while_still_held(factory: MockFactory) -
     with Controls(
         gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
     ) as controls:
-        finger = Finger(controls.button)
+        finger = Finger(lambda: controls.button)
         finger.press()
         await received.until(Event.PRESS, Event.LONG_PRESS)
         assert finger.pressed
@@ -86,7 +86,7 @@ async def test_a_pull_down_button_is_pressed_by_driving_high(factory: MockFactor
         on_event=received,
         pin_factory=factory,
     ) as controls:
-        Finger(controls.button).press()
+        Finger(lambda: controls.button).press()
         await received.until(Event.PRESS)
         assert factory.pin(17).state
 
@@ -225,7 +225,7 @@ async def test_stdin_commands_drive_the_button(factory: MockFactory) -> None:
     with Controls(
         gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
     ) as controls:
-        await run_commands(next_line, Finger(controls.button), quit_requested.set)
+        await run_commands(next_line, Finger(lambda: controls.button), quit_requested.set)
         assert quit_requested.is_set()
         await received.until(
             Event.PRESS,
