@@ -72,6 +72,14 @@ def _run_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
         default=missing,
         help="write everything played to this WAV file, paced in real time",
     )
+    parser.add_argument(
+        "--led-history",
+        type=Path,
+        metavar="JSON",
+        default=missing,
+        help="with --simulate: at exit, write the states the LED pin went through "
+        "(as gpiozero's MockFactory recorded them) to this file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,14 +161,29 @@ def require_endpoint(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from appliance.runtime import RunOptions, run
+
     settings = load_config(args)
     require_endpoint(settings, args)
-    return _not_available("run" + (" --simulate" if args.simulate else ""))
+    options = RunOptions(
+        simulate=args.simulate,
+        env_file=args.env_file,
+        mic_wav=args.mic,
+        speaker_wav=args.speaker,
+        led_history=args.led_history,
+    )
+    return asyncio.run(run(settings, options))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    load_config(args)
-    return _not_available("check")
+    import asyncio
+
+    from appliance.check import run_checks
+
+    settings = load_config(args)
+    return asyncio.run(run_checks(settings, sys.stdout))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -275,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         EXIT_CONFIG,
         EXIT_FAILURE,
         EXIT_UNAVAILABLE,
+        ApplianceError,
         ConfigError,
         NotAvailableYet,
     )
@@ -289,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotAvailableYet as exc:
         print(f"appliance: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0
     except Exception as exc:  # the last line of defence: one clear line, exit 1
