@@ -10,6 +10,7 @@ from appliance.config import variable_names
 # Fixture modules of tests/fixtures/, one per real part (PulseAudio, emulator, ...).
 pytest_plugins: list[str] = [
     "tests.fixtures.emulator",
+    "tests.fixtures.appliance",
     "tests.fixtures.identity",
     "tests.fixtures.nspawn",
     "tests.fixtures.pulse",

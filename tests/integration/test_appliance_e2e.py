@@ -1,0 +1,310 @@
+"""The appliance as a user runs it: ``appliance --simulate`` in a subprocess, stdin commands
+for the button, WAV files for the microphone and the speaker, the emulator in this process.
+
+Assertions are on what a person would notice and on what the service saw: the answer in
+the speaker file, the speaker going silent on an interruption, the emulator's record of
+events (a truncate with the audio actually played), and the LED pin's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.emulator import Emulator
+from tests.fixtures.appliance import (
+    RATE,
+    ApplianceProcess,
+    Launcher,
+    common_prefix,
+    find,
+    led_segments,
+    quiet,
+    tone,
+    write_wav,
+)
+from tests.fixtures.emulator import MakeEmulator
+
+pytestmark = pytest.mark.slow
+
+PERIOD_SAMPLES = RATE * 20 // 1000  # one audio period at the default 20 ms
+
+
+def answers(emulator: Emulator, connection: int = 0) -> list[np.ndarray]:
+    """The audio of every response the emulator sent on a connection, in order."""
+    record = emulator.connections[connection]
+    ids = [event["response"]["id"] for event in record.sent_of("response.created")]
+    return [np.frombuffer(record.audio_sent(rid), dtype="<i2") for rid in ids]
+
+
+def played_prefix(speaker: np.ndarray, answer: np.ndarray) -> tuple[int, int]:
+    """Where the answer starts in the speaker file, and how many of its samples were played."""
+    sound = int(np.flatnonzero(answer)[0])  # answers start with the silence before speech
+    found = find(speaker, answer[sound : sound + PERIOD_SAMPLES])
+    assert found >= 0, "the answer's first sound is not in the speaker file"
+    start = found - sound
+    return start, common_prefix(speaker[start:], answer)
+
+
+async def test_toggle_conversation_of_two_turns(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    mic = write_wav(
+        tmp_path / "mic.wav", quiet(300), tone(1200, 220), quiet(2600), tone(1000, 330), quiet(8000)
+    )
+    app = await launch(emulator.url, mic)
+    await app.expect("state idle")
+    await app.send("click")
+    await app.expect("state connecting")
+    await app.expect("state listening")
+    await app.expect("state responding")
+    await app.expect("assistant: I heard")
+    await app.expect("state listening")
+    await app.expect("state responding")
+    await app.expect("state listening")
+    await app.send("click")  # a press while listening ends the conversation
+    await app.expect("state idle")
+    assert await app.quit() == 0
+
+    record = emulator.connections[0]
+    assert record.sent_types().count("response.done") == 2
+    assert record.close_code == 1000
+    speaker = app.speaker()
+    for answer in answers(emulator):
+        _, played = played_prefix(speaker, answer)
+        assert played == len(answer), "the whole answer was played, sample for sample"
+    # The LED: fast blink while connecting, on while listening, pulsing while answering.
+    segments = led_segments(app.led_history())
+    levels = [s.level for s in segments]
+    assert 1.0 in levels
+    assert any(0.0 < level < 1.0 for level in levels), "the answer pulses the LED (PWM)"
+    blinks = [s for s in segments if s.level == 1.0 and 0.05 < s.seconds < 0.2]
+    assert blinks, "connecting blinks fast"
+    assert max(s.seconds for s in segments if s.level == 1.0) > 1.0, "listening is steady on"
+    assert levels[-1] == 0.0, "off again when idle"
+
+
+async def test_push_to_talk_turn(tmp_path: Path, emulator: Emulator, launch: Launcher) -> None:
+    mic = write_wav(tmp_path / "mic.wav", quiet(200), tone(1500, 250), quiet(8000))
+    app = await launch(emulator.url, mic, env={"APPLIANCE_BUTTON_MODE": "push_to_talk"})
+    await app.expect("state idle")
+    await app.send("press")
+    await app.expect("state listening")
+    record = await emulator.wait_for_connection(1)
+    # Hold until the whole tone has reached the service, as a person holds while talking.
+    await emulator.wait_until(lambda: len(record.audio_received()) >= 1.8 * RATE * 2, timeout=15)
+    await app.send("release")
+    await app.expect("state responding")
+    await app.expect("state idle")  # push-to-talk rests in idle between turns
+    assert await app.quit() == 0
+
+    received = record.received_types()
+    assert "input_audio_buffer.commit" in received
+    assert received.index("input_audio_buffer.commit") < received.index("response.create")
+    assert "input_audio_buffer.speech_started" not in record.sent_types()
+    session = record.received_of("session.update")[0]["session"]
+    assert session["turn_detection"] is None
+    (answer,) = answers(emulator)
+    _, played = played_prefix(app.speaker(), answer)
+    assert played == len(answer)
+
+
+@pytest.mark.parametrize(
+    ("audio_speed", "status"),
+    # At 2x the answer is still being sent when the second tone starts (and arrives ahead of
+    # playback, as from the real service, so the speaker file holds it without gaps).
+    [(8.0, "completed"), (2.0, "cancelled")],
+    ids=["answer-already-sent", "answer-still-streaming"],
+)
+async def test_barge_in_by_speech_truncates_to_what_was_played(
+    audio_speed: float,
+    status: str,
+    tmp_path: Path,
+    make_emulator: MakeEmulator,
+    launch: Launcher,
+) -> None:
+    """Talking over the answer silences it; the service hears how much of it was played.
+
+    Whether the service was still sending the answer (it then ends it itself, reason
+    turn_detected) or had sent all of it (only the device was still playing it), the device
+    never sends response.cancel for speech: the service does that for it.
+    """
+    emulator = await make_emulator(audio_speed=audio_speed)
+    # The second tone starts while the answer to the first is playing.
+    mic = write_wav(
+        tmp_path / "mic.wav", quiet(300), tone(1500, 220), quiet(1100), tone(1200, 330), quiet(8000)
+    )
+    app = await launch(emulator.url, mic)
+    await app.send("click")
+    await app.expect("state responding")
+    await app.expect("state listening")  # talked over: listening again at once
+    record = emulator.connections[0]
+    await emulator.wait_for_received("conversation.item.truncate", timeout=10)
+    await app.expect("state responding")  # the answer to the interruption
+    await app.expect("state listening")
+    assert await app.quit() == 0
+
+    first = answers(emulator)[0]
+    done = record.sent_of("response.done")[0]["response"]
+    assert done["status"] == status
+    if status == "cancelled":
+        assert done["status_details"]["reason"] == "turn_detected"
+    assert "response.cancel" not in record.received_types()
+    assert not record.sent_of("error")
+    (truncation,) = record.truncations
+    speaker = app.speaker()
+    start, played = played_prefix(speaker, first)
+    assert 0 < played < len(first)
+    assert abs(truncation.audio_end_ms * RATE // 1000 - played) <= PERIOD_SAMPLES
+    # Silent right after the cut, until the next answer.
+    after = speaker[start + played : start + played + RATE // 5]
+    assert not after.any(), "the speaker goes silent right after the interruption"
+
+
+async def test_barge_in_by_button_cancels_the_active_response(
+    tmp_path: Path, make_emulator: MakeEmulator, launch: Launcher
+) -> None:
+    emulator = await make_emulator(audio_speed=2.0)  # the answer is still being generated
+    mic = write_wav(tmp_path / "mic.wav", quiet(300), tone(1500, 220), quiet(12000))
+    app = await launch(emulator.url, mic)
+    await app.send("click")
+    await app.expect("state responding")
+    record = emulator.connections[0]
+    await emulator.wait_for_event("response.audio.delta", count=10, timeout=10)
+    await app.send("click")  # a press while responding interrupts
+    await app.expect("state listening")
+    await emulator.wait_for_received("conversation.item.truncate", timeout=10)
+    await emulator.wait_for_event("response.done", timeout=10)
+    assert await app.quit() == 0
+
+    assert "response.cancel" in record.received_types()
+    done = record.sent_of("response.done")[0]["response"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"]["reason"] == "client_cancelled"
+    assert not record.sent_of("error"), "nothing the appliance sent was refused"
+    (truncation,) = record.truncations
+    speaker = app.speaker()
+    start, played = played_prefix(speaker, answers(emulator)[0])
+    assert abs(truncation.audio_end_ms * RATE // 1000 - played) <= PERIOD_SAMPLES
+    assert not speaker[start + played :].any(), "nothing of the answer after the press"
+
+
+async def test_dropped_connection_mid_answer_recovers_with_the_conversation(
+    tmp_path: Path, make_emulator: MakeEmulator, launch: Launcher
+) -> None:
+    emulator = await make_emulator(audio_speed=1.0)
+    emulator.faults.next_connection().drop(after_events=16)  # a few audio deltas in
+    # The first reconnection fails too, so the offline pattern shows long enough to count.
+    emulator.faults.for_connection(2).close(1011, after_events=1)
+    mic = write_wav(tmp_path / "mic.wav", quiet(300), tone(1500, 220), quiet(15000))
+    app = await launch(emulator.url, mic)
+    await app.send("click")
+    await app.expect("state responding")
+    await app.expect("state error  led error_offline")
+    await app.expect("state connecting", timeout=10)
+    await app.expect("state listening")
+    second = await emulator.wait_for_connection(3)
+    await emulator.wait_for_received("conversation.item.create", connection=3, timeout=10)
+    assert await app.quit() == 0
+
+    restored = [event["item"] for event in second.received_of("conversation.item.create")]
+    roles = [item.get("role") for item in restored]
+    assert "user" in roles, restored
+    assert any("seconds of speech" in str(item) for item in restored), restored
+    # The LED showed the offline pattern: two short blinks, then a pause.
+    segments = led_segments(app.led_history())
+    runs = [(s.level, round(s.seconds, 2)) for s in segments]
+    offline = [
+        i
+        for i in range(len(segments) - 3)
+        if segments[i].level == 1.0
+        and 0.1 <= segments[i].seconds <= 0.3
+        and segments[i + 1].level == 0.0
+        and 0.15 <= segments[i + 1].seconds <= 0.4
+        and segments[i + 2].level == 1.0
+        and 0.1 <= segments[i + 2].seconds <= 0.3
+    ]
+    assert offline, f"no offline blink pattern in {runs}"
+
+
+async def _reach(app: ApplianceProcess, state: str) -> None:
+    await app.expect("state idle")
+    if state != "idle":
+        await app.send("click")
+        await app.expect(f"state {state}")
+
+
+@pytest.mark.parametrize("state", ["idle", "connecting", "listening", "responding", "error"])
+async def test_sigterm_exits_0_quickly_in_every_state(
+    state: str, tmp_path: Path, make_emulator: MakeEmulator, launch: Launcher
+) -> None:
+    emulator = await make_emulator(audio_speed=0.5)  # answers outlast the test
+    if state == "connecting":
+        emulator.faults.next_connection().delay_events(30)  # session.updated never comes
+    if state == "error":
+        emulator.faults.refuse_handshakes(503, times=1000)
+    mic = write_wav(tmp_path / "mic.wav", quiet(300), tone(1200, 220), quiet(20000))
+    app = await launch(emulator.url, mic)
+    await _reach(app, state)
+    started = time.monotonic()
+    app.terminate()
+    assert await app.wait(timeout=10) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop from {state}"
+    assert app.speaker_path.exists()
+
+
+@pytest.mark.parametrize("mode", ["toggle", "push_to_talk"])
+async def test_button_chatter_never_leaves_the_device_stuck(
+    mode: str, tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    rng = random.Random(7)
+    mic = write_wav(tmp_path / "mic.wav", quiet(200), tone(800, 220), quiet(60000))
+    app = await launch(
+        emulator.url, mic, env={"APPLIANCE_BUTTON_MODE": mode, "APPLIANCE_HOLD_S": "0.5"}
+    )
+    await app.expect("state idle")
+    chatter = [
+        rng.choice(["press", "release", "press", "release", "hold 0.01"]) for _ in range(300)
+    ]
+    await app.send(*chatter, "release")
+    # Whatever the chatter did, the button still works: in toggle a long press ends the
+    # conversation, in push-to-talk a press is heard and a release sends the turn.
+    if mode == "toggle":
+        await app.send("hold 0.8")
+        await app.expect("state idle", timeout=30)
+        await app.send("click")
+        await app.expect("state listening", timeout=30)
+    else:
+        await app.send("press")
+        await app.expect("state listening", timeout=30)
+        await app.send("release")
+        await app.expect("state (responding|idle)", timeout=30)
+    assert await app.quit() == 0
+    # Nothing the device sent was refused (a cancel racing the answer's own end aside).
+    refused = [e["error"]["code"] for r in emulator.connections for e in r.sent_of("error")]
+    assert set(refused) <= {"response_cancel_not_active"}, refused
+
+
+def _b64(samples: np.ndarray) -> str:
+    return base64.b64encode(samples.astype("<i2").tobytes()).decode()
+
+
+async def test_stdin_end_is_not_quit(tmp_path: Path, emulator: Emulator, launch: Launcher) -> None:
+    """Under systemd stdin is /dev/null: the appliance keeps running until told to stop."""
+    mic = write_wav(tmp_path / "mic.wav", quiet(1000))
+    app = await launch(emulator.url, mic)
+    await app.expect("state idle")
+    assert app.process.stdin is not None
+    app.process.stdin.close()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await app.process.wait()
+    app.terminate()
+    assert await app.wait() == 0
