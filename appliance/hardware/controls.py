@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -157,7 +158,7 @@ class Controls:
         heartbeat: bool = False,
     ) -> None:
         from gpiozero import LED, PWMLED, Button
-        from gpiozero.exc import GPIOZeroError, PinPWMUnsupported
+        from gpiozero.exc import GPIOZeroError, PinFactoryFallback, PinPWMUnsupported
 
         self._loop = loop
         self._on_event = on_event
@@ -165,6 +166,9 @@ class Controls:
         self.button: Any = None
         led: Any = None
         try:
+            # gpiozero warns for every backend it tries on its way to a working one; the
+            # backend it settles on is logged below, and a failure says what to do.
+            warnings.simplefilter("ignore", PinFactoryFallback)
             self.button = Button(
                 settings.button_pin,
                 pull_up=settings.button_pull_up,
@@ -199,10 +203,11 @@ class Controls:
         self._led = led
         self.led = LedPlayer(led, pwm=pwm, heartbeat=heartbeat)
         log.info(
-            "button on %s, LED on %s%s",
+            "button on %s, LED on %s%s (%s)",
             settings.button_pin,
             settings.led_pin or "nothing",
             "" if pwm else " (no PWM: fades become blinks)",
+            type(self.button.pin_factory).__name__,
         )
 
     def _emit(self, event: Event) -> None:
