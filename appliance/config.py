@@ -392,6 +392,15 @@ class AudioSettings(_Group):
         description="Audio period (callback interval) in ms.",
         **env("APPLIANCE_PERIOD_MS"),
     )
+    chunk_ms: int = Field(
+        40,
+        ge=0,
+        le=200,
+        description="Send the microphone to the service in chunks of about this many ms "
+        "(at least one period): larger chunks cost less CPU, smaller ones let the service "
+        "notice the end of speech a little sooner.",
+        **env("APPLIANCE_CHUNK_MS"),
+    )
     volume: int = Field(
         80, ge=0, le=100, description="Speaker volume in percent.", **env("APPLIANCE_VOLUME")
     )
@@ -735,9 +744,12 @@ def render_env_example() -> str:
     out += [
         "# ---- journald fields (not settings) " + "-" * 34,
         "# Under systemd every record carries APPLIANCE_STATE, APPLIANCE_EVENT and",
-        "# APPLIANCE_SESSION, and measured latencies as APPLIANCE_RESPONSE_LATENCY_MS,",
-        "# APPLIANCE_BARGE_IN_MS, APPLIANCE_OUTAGE_MS, e.g.:",
+        "# APPLIANCE_SESSION; measured latencies come as APPLIANCE_RESPONSE_LATENCY_MS (end",
+        "# of speech to the answer at the speaker), APPLIANCE_DELTA_TO_SPEAKER_MS (an answer's",
+        "# first audio from the socket to the speaker), APPLIANCE_BARGE_IN_MS (interruption",
+        "# to silence), APPLIANCE_PRESS_TO_AUDIO_MS and APPLIANCE_OUTAGE_MS, e.g.:",
         "#   journalctl -u appliance APPLIANCE_STATE=error",
+        "#   journalctl -u appliance -o json | jq -r .APPLIANCE_RESPONSE_LATENCY_MS",
         "",
     ]
     return "\n".join(out)

@@ -137,6 +137,7 @@ def open_audio(
         service_rate=service_input_rate,
         gain_db=settings.mic_gain_db,
         buffer_s=mic_buffer_s,
+        chunk_ms=settings.chunk_ms,
     )
     speaker = Speaker(output_device, loop=loop, volume=settings.volume, buffer_s=speaker_buffer_s)
     return Audio(mic, speaker, portaudio)

@@ -208,17 +208,22 @@ class Microphone:
         gain_db: float = 0.0,
         buffer_s: float = 5.0,
         on_audio: Callable[[], None] | None = None,
+        chunk_ms: float = 0.0,
     ) -> None:
         self._device = device
         self._loop = loop
         self.service_rate = service_rate
+        # Wake the loop once this much audio waits (0: every period). Each wake-up costs a
+        # thread switch and, downstream, one message to the service: batching saves CPU.
+        self.chunk_ms = chunk_ms
+        self._wake_samples = 0
         self._gain = db_to_gain(gain_db)
         self._gain_db = gain_db
         self._buffer_s = buffer_s
         self.on_audio = on_audio
         self.audio_ready = asyncio.Event()
         self.muted = False
-        self.level = Level()
+        self._last: Samples = _EMPTY  # the latest chunk read, for the level meter
         self._ring: RingBuffer | None = None
         self._resampler: StreamResampler | None = None
         self._format: StreamFormat | None = None
@@ -239,7 +244,7 @@ class Microphone:
                 return
             ring.write(frames)
             self._log.note(ring.write_position, len(frames))
-            if not self._wake_pending:
+            if not self._wake_pending and ring.available() >= self._wake_samples:
                 self._wake_pending = True
                 self._loop.call_soon_threadsafe(self._woken)
         except BaseException:  # noqa: BLE001 - never raise into the device thread
@@ -274,6 +279,7 @@ class Microphone:
                 self._ring.clear()
                 self._resampler.reset()
             self._format = fmt
+            self._wake_samples = round(self.chunk_ms * fmt.rate / 1000) * fmt.channels
             self._wake_pending = False
             self._flush_pending = False
             self._device.start()
@@ -335,14 +341,21 @@ class Microphone:
             converted = np.concatenate([converted, resampler.flush()])
         out = scale(converted, self._gain)
         if len(out):
-            as_float = out.astype(np.float32) / 32768.0
-            self.level = Level(
-                rms=float(np.sqrt(np.mean(as_float * as_float))),
-                peak=float(np.max(np.abs(as_float))),
-            )
+            self._last = out
         if self.muted:
             return np.zeros_like(out)
         return out
+
+    @property
+    def level(self) -> Level:
+        """Loudness of the latest chunk read (computed when asked: only a meter needs it)."""
+        if len(self._last) == 0:
+            return Level()
+        as_float = self._last.astype(np.float32) / 32768.0
+        return Level(
+            rms=float(np.sqrt(np.mean(as_float * as_float))),
+            peak=float(np.max(np.abs(as_float))),
+        )
 
     async def next_chunk(self) -> Samples:
         """Wait for captured audio and return it (never empty)."""
