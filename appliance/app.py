@@ -65,6 +65,7 @@ _EMPTY_TURN_CODES = frozenset({"input_audio_buffer_commit_empty"})
 _HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
 MIN_TURN_MS = 100  # the service's smallest commit
 SESSION_CLOSE_S = 1.0  # of the 2 s a stop may take, what closing the connection may use
+SPEAKER_LINGER_S = 2.0  # the output stream stays open this long after the last sound
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Appliance:
         self._can_stream = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._speaker_stop: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._interrupted_responses: deque[str] = deque(maxlen=16)
@@ -127,6 +129,7 @@ class Appliance:
         self._turn_too_short = False
         self._tasks: asyncio.TaskGroup | None = None
         self._barge_in_from = 0
+        self._press_ns: int | None = None
         self._first_delta_ns = 0
         self.exit_code = 0
         self._dispatching = False
@@ -175,10 +178,9 @@ class Appliance:
             self._can_stream.set()
         else:
             self._can_stream.clear()
-        if ctx.state is not State.IDLE or ctx.in_conversation:
+        if ctx.state is State.RESPONDING:
             self._start_speaker()
-        elif before.state is not State.IDLE or before.in_conversation:
-            self._stop_speaker_when_quiet()
+        self._stop_speaker_later()
         if self.notifier is not None and ctx.state is not before.state:
             self.notifier.status(format_status(ctx.state.value, self.last_error))
         self._maybe_restart()
@@ -233,6 +235,7 @@ class Appliance:
         # mic closes, and send it ahead of the commit.
         rest = self.audio.mic.read()
         self._clock.speech_ended_ns = time.monotonic_ns()
+        self._start_speaker()  # for the answer
         turn_ms = (self._turn_samples + len(rest)) * 1000 / self.session.input_sample_rate
         self._turn_samples = 0
         self._turn_too_short = turn_ms < MIN_TURN_MS
@@ -361,13 +364,15 @@ class Appliance:
         while True:
             await self._can_stream.wait()
             chunk = await mic.next_chunk()
-            if self.view is not None:
+            if self.view is not None and self.view.live:
                 self.view.mic_level(mic.level.rms)
             if not self._can_stream.is_set():
                 continue  # the session went away meanwhile; this audio has nowhere to go
             async with self._send_lock:
                 if await self.session.send_audio(chunk):
                     self._turn_samples += len(chunk)
+                    if self._press_ns is not None:
+                        self._log_press_to_audio()
 
     # ---- session events ---------------------------------------------------------------------
 
@@ -386,6 +391,7 @@ class Appliance:
             self.handle(Event.SPEECH_STARTED)
         elif isinstance(event, ServerEventInputAudioBufferSpeechStopped):
             self._clock.speech_ended_ns = time.monotonic_ns()
+            self._start_speaker()  # an answer is likely: have the stream running for it
             self.handle(Event.SPEECH_STOPPED)
         elif isinstance(event, ServerEventResponseCreated):
             self._assistant_text = ""
@@ -433,11 +439,8 @@ class Appliance:
 
     def _speaker_drained(self) -> None:
         self._log_response_latency()
-        ctx = self.context
-        if ctx.state is State.IDLE and not ctx.in_conversation:
-            self._stop_speaker_when_quiet()
-            return
         self.handle(Event.PLAYBACK_DONE)
+        self._stop_speaker_later()
 
     def _service_error(self, event: ServerEventError) -> None:
         error = event.error
@@ -462,6 +465,10 @@ class Appliance:
         if event is Event.PRESS:
             self._barge_in_from = time.monotonic_ns()
         self.handle(event)
+        if event is Event.PRESS:
+            # Time the press to the first audio on its way, unless it ended the conversation.
+            opened = self.context.mic_open and self.context.state is not State.IDLE
+            self._press_ns = self._barge_in_from if opened else None
 
     def _device_failed(self, exc: AudioDeviceError) -> None:
         self.last_error = str(exc)
@@ -470,6 +477,9 @@ class Appliance:
         self._loop.call_soon(self.handle, Event.FAILED, ErrorKind.DEVICE)
 
     def _start_speaker(self) -> None:
+        if self._speaker_stop is not None:
+            self._speaker_stop.cancel()
+            self._speaker_stop = None
         speaker = self.audio.speaker
         if speaker.started:
             return
@@ -478,14 +488,29 @@ class Appliance:
         except AudioDeviceError as exc:
             self._device_failed(exc)
 
-    def _stop_speaker_when_quiet(self) -> None:
+    def _stop_speaker_later(self) -> None:
+        """Stop the output stream once it has been quiet for a moment.
+
+        A running stream costs CPU every period even when silent; starting one takes a few
+        milliseconds, which is why it starts as soon as an answer is likely (speech ended)
+        and lingers a little after the last sound.
+        """
+        if self._speaker_stop is not None:
+            self._speaker_stop.cancel()
+            self._speaker_stop = None
         speaker = self.audio.speaker
-        if not speaker.started:
+        if not speaker.started or self.context.state is State.RESPONDING:
             return
-        if speaker.drained.is_set():
+        if not speaker.drained.is_set():
+            speaker.finish()  # an earcon is playing: we hear back once it has played
+            return
+        self._speaker_stop = self._loop.call_later(SPEAKER_LINGER_S, self._stop_speaker)
+
+    def _stop_speaker(self) -> None:
+        self._speaker_stop = None
+        speaker = self.audio.speaker
+        if self.context.state is not State.RESPONDING and speaker.drained.is_set():
             speaker.stop()
-        else:
-            speaker.finish()  # e.g. the goodbye earcon: stop once it has played
 
     # ---- figures ----------------------------------------------------------------------------
 
@@ -508,6 +533,16 @@ class Appliance:
         )
         clock.speech_ended_ns = None
         clock.first_audio_mark = None
+
+    def _log_press_to_audio(self) -> None:
+        assert self._press_ns is not None
+        elapsed_ms = (time.monotonic_ns() - self._press_ns) / 1e6
+        self._press_ns = None
+        log.info(
+            "first audio sent %.1f ms after the press",
+            elapsed_ms,
+            extra=fields(event="press_to_audio", press_to_audio=elapsed_ms),
+        )
 
     def _log_barge_in(self, started_ns: int) -> None:
         silent = self.audio.speaker.first_render_after_ns(started_ns)
@@ -548,6 +583,7 @@ class Appliance:
         raise _Stopped  # ends the task group: every other task is cancelled and awaited
 
     def handle_ready(self) -> None:
+        set_context(state=self.context.state.value)
         self.led.show(state.LedPattern.IDLE)
         if self.view is not None:
             self.view.state(State.IDLE.value, pattern_for(state.LedPattern.IDLE))

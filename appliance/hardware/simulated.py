@@ -126,8 +126,9 @@ async def run_commands(
 async def stdin_lines(stream: TextIO) -> Callable[[], Awaitable[str]]:
     """An async readline for stdin whether it is a pipe, a device or a regular file."""
     mode = os.fstat(stream.fileno()).st_mode
-    if stat.S_ISREG(mode):
-        # A file redirected into stdin is finite: read it now, hand it out line by line.
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        # A file redirected into stdin is finite, and /dev/null (stdin under systemd) is
+        # empty; epoll takes neither. Read it now, hand it out line by line.
         pending = iter(stream.readlines())
 
         async def from_file() -> str:

@@ -121,12 +121,6 @@ def test_a_stop_is_clean(service: Container) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="under systemd stdin is /dev/null, which epoll refuses: stdin_lines() in "
-    "appliance/hardware/simulated.py hands it to connect_read_pipe and asyncio logs "
-    "'Exception in callback ... PermissionError' at every start; read it like a file",
-)
 def test_a_quiet_start_and_stop_log_no_error(service: Container) -> None:
     # The app's records and systemd's "Stopped" travel the same journal socket, in order:
     # once "Stopped" is read, every record of the run is.
@@ -142,11 +136,6 @@ def test_a_quiet_start_and_stop_log_no_error(service: Container) -> None:
     assert errors == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="appliance/app.py calls set_context(state=...) only on a transition: the records "
-    "before the first press (the ready line) carry no APPLIANCE_STATE; set it at start",
-)
 def test_the_ready_record_carries_the_state(service: Container) -> None:
     with service.follow(f"_SYSTEMD_UNIT={UNIT}") as journal:
         service.systemctl("start", UNIT)
