@@ -37,7 +37,6 @@ from azure.ai.voicelive.models import (
 
 from appliance import state
 from appliance.audio import Audio
-from appliance.audio import Earcon as Sound
 from appliance.errors import ApplianceError, AudioDeviceError, ServiceError
 from appliance.hardware.patterns import pattern_for
 from appliance.state import ErrorKind, Event, PlayEarcon, ShowLed, State
@@ -55,11 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_EARCONS: Mapping[state.Earcon, Sound] = {
-    state.Earcon.LISTENING: Sound.LISTENING,
-    state.Earcon.ENDED: Sound.END,
-    state.Earcon.ERROR: Sound.ERROR,
-}
 # Service errors that mean "this turn has nothing to answer" rather than a failure.
 _EMPTY_TURN_CODES = frozenset({"input_audio_buffer_commit_empty"})
 _HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
@@ -196,7 +190,7 @@ class Appliance:
         if isinstance(step, PlayEarcon):
             if self.settings.behaviour.earcons:
                 self._start_speaker()
-                self.audio.speaker.play_earcon(_EARCONS[step.earcon])
+                self.audio.speaker.play_earcon(step.earcon)
             return
         handler = getattr(self, f"_do_{step.value}")
         handler()

@@ -24,7 +24,8 @@ from appliance.audio.streams import (
     StreamFormat,
     StreamStatus,
 )
-from appliance.audio.tones import Earcon, earcon
+from appliance.audio.tones import earcon
+from appliance.state import Earcon
 
 if TYPE_CHECKING:
     from appliance.audio.devices import PortAudio

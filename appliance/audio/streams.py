@@ -34,8 +34,9 @@ from appliance.audio.resample import (
     volume_to_gain,
 )
 from appliance.audio.ring import RingBuffer, Samples
-from appliance.audio.tones import EARCON_RATE, Earcon, earcon
+from appliance.audio.tones import EARCON_RATE, earcon
 from appliance.errors import AudioDeviceError
+from appliance.state import Earcon
 
 SPEAKER_RATE = 24000  # what Voice Live sends: PCM16 mono 24 kHz
 STALL_S = 2.0  # a started stream without a callback for this long has failed

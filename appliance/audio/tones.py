@@ -8,27 +8,21 @@ pair "something went wrong".
 
 from __future__ import annotations
 
-from enum import StrEnum
 from functools import cache
 
 import numpy as np
 
 from appliance.audio.resample import Floats, Samples, to_int16
+from appliance.state import Earcon  # the machine names the sounds; here is how they sound
 
 EARCON_RATE = 24000  # the speaker's input rate (the service's output rate)
 PEAK = 0.35  # about -9 dBFS: audible, never harsh
 
 
-class Earcon(StrEnum):
-    LISTENING = "listening"
-    END = "end"
-    ERROR = "error"
-
-
 # (frequency Hz, duration s) per note; E5/A5 a fourth apart, F4/D4 for errors.
 _NOTES: dict[Earcon, tuple[tuple[float, float], ...]] = {
     Earcon.LISTENING: ((659.25, 0.09), (880.0, 0.14)),
-    Earcon.END: ((880.0, 0.09), (659.25, 0.14)),
+    Earcon.ENDED: ((880.0, 0.09), (659.25, 0.14)),
     Earcon.ERROR: ((349.23, 0.16), (293.66, 0.26)),
 }
 _GAP_S = 0.015

@@ -259,7 +259,7 @@ async def test_an_earcon_after_finish_does_not_postpone_the_end_of_the_answer(
     speaker.on_drained = lambda: calls.append(1)
     speaker.play(ramp(PERIOD), "item")
     speaker.finish()
-    speaker.play_earcon(Earcon.END)
+    speaker.play_earcon(Earcon.ENDED)
     output.period()
     await settle()
     assert calls == [1]

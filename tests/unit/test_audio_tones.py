@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audio.tones import EARCON_RATE, Earcon, earcon
+from appliance.audio.tones import EARCON_RATE, earcon
+from appliance.state import Earcon
 
 
 def pitch(samples: np.ndarray, rate: int) -> float:
@@ -32,7 +33,7 @@ def test_listening_rises_end_falls_error_is_low() -> None:
         return pitch(sound[:half], EARCON_RATE), pitch(sound[half:], EARCON_RATE)
 
     start_first, start_second = halves(Earcon.LISTENING)
-    end_first, end_second = halves(Earcon.END)
+    end_first, end_second = halves(Earcon.ENDED)
     error_first, error_second = halves(Earcon.ERROR)
     assert start_second > start_first
     assert end_second < end_first
@@ -44,4 +45,4 @@ def test_earcons_are_cached_and_read_only() -> None:
     assert earcon(Earcon.LISTENING) is first
     with pytest.raises(ValueError, match="read-only"):
         first[0] = 1
-    assert len(earcon(Earcon.END, 48000)) == pytest.approx(2 * len(earcon(Earcon.END)), abs=2)
+    assert len(earcon(Earcon.ENDED, 48000)) == pytest.approx(2 * len(earcon(Earcon.ENDED)), abs=2)
