@@ -59,7 +59,7 @@ _EMPTY_TURN_CODES = frozenset({"input_audio_buffer_commit_empty"})
 _HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
 MIN_TURN_MS = 100  # the service's smallest commit
 SESSION_CLOSE_S = 1.0  # of the 2 s a stop may take, what closing the connection may use
-SPEAKER_LINGER_S = 2.0  # the output stream stays open this long after the last sound
+SPEAKER_LINGER_S = 0.5  # the output stream stays open this long after the last sound
 
 
 @dataclass
