@@ -40,9 +40,9 @@ SECRET_MASK = "********"
 
 class TurnDetection(StrEnum):
     SERVER_VAD = "server_vad"
-    AZURE_SEMANTIC_VAD = "azure_semantic_vad"
-    AZURE_SEMANTIC_VAD_EN = "azure_semantic_vad_en"
-    AZURE_SEMANTIC_VAD_MULTILINGUAL = "azure_semantic_vad_multilingual"
+    SEMANTIC_VAD = "azure_semantic_vad"
+    SEMANTIC_VAD_EN = "azure_semantic_vad_en"
+    SEMANTIC_VAD_MULTILINGUAL = "azure_semantic_vad_multilingual"
 
 
 class AuthMode(StrEnum):

@@ -54,9 +54,9 @@ def turn_detection_config(
         return None
     kinds: dict[TurnDetection, type[SdkTurnDetection]] = {
         TurnDetection.SERVER_VAD: ServerVad,
-        TurnDetection.AZURE_SEMANTIC_VAD: AzureSemanticVad,
-        TurnDetection.AZURE_SEMANTIC_VAD_EN: AzureSemanticVadEn,
-        TurnDetection.AZURE_SEMANTIC_VAD_MULTILINGUAL: AzureSemanticVadMultilingual,
+        TurnDetection.SEMANTIC_VAD: AzureSemanticVad,
+        TurnDetection.SEMANTIC_VAD_EN: AzureSemanticVadEn,
+        TurnDetection.SEMANTIC_VAD_MULTILINGUAL: AzureSemanticVadMultilingual,
     }
     # The mapping form of the SDK's constructors: the same fields for every VAD kind.
     return kinds[service.turn_detection](
