@@ -9,8 +9,10 @@ events (a truncate with the audio actually played), and the LED pin's history.
 from __future__ import annotations
 
 import asyncio
-import base64
+import os
+import pty
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tests.fixtures.appliance import (
     find,
     led_segments,
     quiet,
+    read_wav,
     tone,
     write_wav,
 )
@@ -292,10 +295,6 @@ async def test_button_chatter_never_leaves_the_device_stuck(
     assert set(refused) <= {"response_cancel_not_active"}, refused
 
 
-def _b64(samples: np.ndarray) -> str:
-    return base64.b64encode(samples.astype("<i2").tobytes()).decode()
-
-
 async def test_stdin_end_is_not_quit(tmp_path: Path, emulator: Emulator, launch: Launcher) -> None:
     """Under systemd stdin is /dev/null: the appliance keeps running until told to stop."""
     mic = write_wav(tmp_path / "mic.wav", quiet(1000))
@@ -308,3 +307,182 @@ async def test_stdin_end_is_not_quit(tmp_path: Path, emulator: Emulator, launch:
             await app.process.wait()
     app.terminate()
     assert await app.wait() == 0
+
+
+async def test_silence_ends_the_conversation_after_the_idle_timeout(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    mic = write_wav(tmp_path / "mic.wav", quiet(60000))
+    app = await launch(emulator.url, mic, env={"APPLIANCE_IDLE_TIMEOUT_S": "5"})
+    await app.send("click")
+    await app.expect("state listening")
+    started = time.monotonic()
+    await app.expect("state idle", timeout=20)
+    assert time.monotonic() - started >= 4.5  # not before the timeout
+    await emulator.connections[0].wait_closed()
+    assert emulator.connections[0].closed_by == "client"
+    assert await app.quit() == 0
+
+
+async def test_half_duplex_mutes_the_mic_while_the_device_speaks(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    # The second tone comes while the answer plays: with the mic muted it interrupts nothing.
+    mic = write_wav(
+        tmp_path / "mic.wav", quiet(300), tone(1500, 220), quiet(1100), tone(600, 330), quiet(8000)
+    )
+    app = await launch(emulator.url, mic, env={"APPLIANCE_HALF_DUPLEX": "true"})
+    await app.send("click")
+    await app.expect("state responding")
+    await app.expect("state listening")
+    assert await app.quit() == 0
+
+    record = emulator.connections[0]
+    assert not record.truncations, "nothing was interrupted"
+    assert "input_audio_buffer.speech_started" in record.sent_types()
+    assert record.sent_types().count("input_audio_buffer.speech_started") == 1
+    (answer,) = answers(emulator)
+    _, played = played_prefix(app.speaker(), answer)
+    assert played == len(answer), "the whole answer was played"
+
+
+async def test_the_model_can_end_the_conversation_after_its_goodbye(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    from appliance.emulator import FunctionCall, Script, Speech
+
+    goodbye = tone(800, 440)
+    emulator.responder = Script(
+        FunctionCall("end_conversation"),
+        Speech(goodbye.astype("<i2").tobytes(), "Goodbye!"),
+    )
+    mic = write_wav(tmp_path / "mic.wav", quiet(300), tone(1000, 220), quiet(10000))
+    app = await launch(emulator.url, mic)
+    await app.send("click")
+    await app.expect("assistant: Goodbye!")
+    await app.expect("state idle")
+    assert await app.quit() == 0
+
+    record = emulator.connections[0]
+    outputs = [e["item"] for e in record.received_of("conversation.item.create")]
+    assert outputs[0]["type"] == "function_call_output"
+    start = find(app.speaker(), goodbye[:PERIOD_SAMPLES])
+    assert start >= 0
+    assert common_prefix(app.speaker()[start:], goodbye) == len(goodbye), (
+        "the goodbye was played to the end before hanging up"
+    )
+    assert record.close_code == 1000
+
+
+async def test_a_press_in_error_retries_at_once(
+    tmp_path: Path, make_emulator: MakeEmulator, launch: Launcher
+) -> None:
+    emulator = await make_emulator()
+    emulator.faults.refuse_handshakes(401, times=1)  # auth refused: backoff goes to the cap
+    mic = write_wav(tmp_path / "mic.wav", quiet(20000))
+    app = await launch(emulator.url, mic)
+    await app.send("click")
+    await app.expect("state error  led error_auth")
+    started = time.monotonic()
+    await app.send("click")  # the next try would be 30 s away; a press tries now
+    await app.expect("state listening")
+    assert time.monotonic() - started < 10
+    assert await app.quit() == 0
+
+
+async def test_without_endpoint_or_sound_card_it_uses_the_emulator_and_the_sample(
+    tmp_path: Path,
+) -> None:
+    """`appliance --simulate` on a bare machine: the built-in emulator, the bundled spoken
+    sample as the microphone, a WAV file as the speaker; a click gets an answer."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "APPLIANCE_", "AZURE_"))
+    }
+    # No sound server and no card: ALSA's devices fail to open.
+    env.update(
+        {"PULSE_SERVER": "unix:/nonexistent", "APPLIANCE_EARCONS": "false", "PYTHONUNBUFFERED": "1"}
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "--simulate",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    app = ApplianceProcess(process, tmp_path)
+    await app.expect("built-in Voice Live emulator")
+    await app.expect("the mic is the bundled sample")
+    speaker_line = await app.expect("what the device says goes to")
+    await app.expect("state idle")
+    await app.send("click")
+    await app.expect("user: ", timeout=30)
+    await app.expect("assistant: I heard", timeout=30)
+    await app.expect("state listening", timeout=30)
+    assert await app.quit() == 0
+    speaker = Path(speaker_line.rsplit(" ", 1)[1])
+    assert speaker.parent == tmp_path
+    assert read_wav(speaker).any(), "the answer is in it"
+
+
+async def test_a_key_press_on_a_terminal_is_the_button(tmp_path: Path, emulator: Emulator) -> None:
+    mic = write_wav(tmp_path / "mic.wav", quiet(20000))
+    controller, terminal = pty.openpty()
+    env = {
+        **os.environ,
+        "AZURE_VOICELIVE_ENDPOINT": emulator.url,
+        "APPLIANCE_AUTH": "api_key",
+        "AZURE_VOICELIVE_API_KEY": "terminal-test-key-0123",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "appliance",
+        "--simulate",
+        "--mic",
+        str(mic),
+        "--speaker",
+        str(tmp_path / "out.wav"),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(terminal)
+    screen = bytearray()
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def readable() -> None:
+        try:
+            screen.extend(os.read(controller, 65536))
+        except OSError:
+            loop.remove_reader(controller)
+        changed.set()
+
+    async def shown(text: str) -> None:
+        async with asyncio.timeout(20):
+            while text.encode() not in screen:
+                changed.clear()
+                await changed.wait()
+
+    loop.add_reader(controller, readable)
+    try:
+        await shown("space = button")
+        await shown("idle")
+        os.write(controller, b" ")  # a key press: click
+        await shown("listening")
+        await emulator.wait_for_connection(1)
+        os.write(controller, b"q")
+        async with asyncio.timeout(20):
+            assert await process.wait() == 0
+    finally:
+        loop.remove_reader(controller)
+        os.close(controller)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
