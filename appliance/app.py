@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from azure.ai.voicelive.models import (
@@ -69,8 +69,7 @@ class TurnClock:
 
     speech_ended_ns: int | None = None
     first_audio_mark: int | None = None  # the speaker mark of the answer's first sample
-    first_audio_response: str | None = None
-    responses_timed: set[str] = field(default_factory=set)
+    first_audio_response: str | None = None  # the response whose first audio that was
 
 
 class Appliance:
@@ -128,6 +127,7 @@ class Appliance:
         self.exit_code = 0
         self._dispatching = False
         self._pending: deque[tuple[Event, ErrorKind | None]] = deque()
+        self._event = Event.PRESS  # the event whose steps are being carried out
 
     # ---- the one place where events are decided ---------------------------------------------
 
@@ -161,6 +161,7 @@ class Appliance:
                 event.value,
                 extra=fields(event=event.value),
             )
+        self._event = event
         for step in result.steps:
             self._carry_out(step)
         self._after_transition(before)
@@ -212,7 +213,8 @@ class Appliance:
                 self._interrupted_responses.append(response_id)
         if interrupted.item_id is not None:
             self._truncate_target = (interrupted.item_id, interrupted.played_ms)
-        self._loop.call_later(0.25, self._log_barge_in, started_ns)
+        if self._event in (Event.PRESS, Event.SPEECH_STARTED):  # a barge-in, not a hang-up
+            self._loop.call_later(0.25, self._log_barge_in, started_ns)
 
     def _do_cancel_response(self) -> None:
         self._command("cancel", self.session.cancel_response)
@@ -411,11 +413,11 @@ class Appliance:
             return  # still in flight when the answer was interrupted
         mark = self.audio.speaker.play(delta.pcm, delta.item_id)
         clock = self._clock
-        if delta.response_id not in clock.responses_timed:
-            clock.responses_timed.add(delta.response_id)
+        if delta.response_id != clock.first_audio_response:  # a response's audio is contiguous
             clock.first_audio_mark = mark
             clock.first_audio_response = delta.response_id
             self._first_delta_ns = delta.received_ns
+            self._loop.call_later(0.2, self._log_response_latency)
 
     def _response_done(self, event: ServerEventResponseDone) -> None:
         response = event.response
@@ -432,7 +434,6 @@ class Appliance:
         self.handle(Event.RESPONSE_DONE)
 
     def _speaker_drained(self) -> None:
-        self._log_response_latency()
         self.handle(Event.PLAYBACK_DONE)
         self._stop_speaker_later()
 
@@ -508,12 +509,15 @@ class Appliance:
 
     # ---- figures ----------------------------------------------------------------------------
 
-    def _log_response_latency(self) -> None:
+    def _log_response_latency(self, tries: int = 10) -> None:
+        """Once the answer's first sample has reached the device (checked every 0.2 s)."""
         clock = self._clock
         if clock.speech_ended_ns is None or clock.first_audio_mark is None:
             return
         handed = self.audio.speaker.handed_ns(clock.first_audio_mark)
         if handed is None:
+            if tries > 1 and self.audio.speaker.started:
+                self._loop.call_later(0.2, self._log_response_latency, tries - 1)
             return
         latency_ms = (handed - clock.speech_ended_ns) / 1e6
         delta_ms = (handed - self._first_delta_ns) / 1e6

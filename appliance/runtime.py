@@ -174,7 +174,7 @@ class Runtime:
                 else self._next
             )
             self._next = None
-            log.info("rebuilt with the new configuration")
+            self._note("the new configuration is in effect")
 
     async def _run_configuration(self, endpoint: str, settings: Settings) -> int:
         from appliance.audio import open_audio

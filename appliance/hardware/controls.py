@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -64,8 +65,6 @@ def mock_pin_factory(history: int = 4096) -> Any:
     MockPin records every change; a pulsing LED would otherwise grow that list for ever.
     ``history`` 0 keeps everything (for tests that read the whole LED history).
     """
-    from collections import deque
-
     from gpiozero.pins.mock import MockFactory, MockPWMPin, PinState
 
     class BoundedHistoryPin(MockPWMPin):  # type: ignore[misc]
@@ -96,7 +95,8 @@ class LedPlayer:
         self._pattern = pattern_for(LedPattern.IDLE, pwm=pwm, heartbeat=heartbeat)
         self._changed = asyncio.Event()
         self.level = 0.0
-        self.history: list[LedPattern] = []  # pattern changes, for the terminal view and tests
+        # The latest pattern changes, for the terminal view and tests (bounded: months of use).
+        self.history: deque[LedPattern] = deque(maxlen=64)
 
     @property
     def pattern(self) -> Pattern:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import pty
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -486,3 +487,27 @@ async def test_a_key_press_on_a_terminal_is_the_button(tmp_path: Path, emulator:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_reload_changes_the_button_mode_at_the_next_conversation(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    # One long tone: the service's VAD never hears the end of it, so only a push-to-talk
+    # release can get an answer.
+    mic = write_wav(tmp_path / "mic.wav", quiet(200), tone(30000, 220))
+    env_file = tmp_path / "appliance.env"
+    env_file.write_text("APPLIANCE_BUTTON_MODE=toggle\n")
+    app = await launch(emulator.url, mic, args=["--env-file", str(env_file)])
+    await app.expect("state idle")
+    env_file.write_text("APPLIANCE_BUTTON_MODE=push_to_talk\n")
+    app.process.send_signal(signal.SIGHUP)
+    await app.expect("the new configuration is in effect")
+    await app.send("press")
+    await app.expect("state listening")
+    record = await emulator.wait_for_connection(1)
+    await emulator.wait_until(lambda: len(record.audio_received()) >= RATE * 2, timeout=15)
+    await app.send("release")
+    await app.expect("state responding")
+    assert await app.quit() == 0
+    assert record.received_of("session.update")[0]["session"]["turn_detection"] is None
+    assert "configuration reloaded; changed: APPLIANCE_BUTTON_MODE" in app.log()

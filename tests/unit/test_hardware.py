@@ -145,7 +145,7 @@ async def test_the_offline_error_blinks_twice_then_pauses(factory: MockFactory) 
         try:
             levels = await _levels(controls.led, LedPattern.ERROR_OFFLINE, count=5)
             assert levels[:5] == [1.0, 0.0, 1.0, 0.0, 1.0]
-            assert controls.led.history == [LedPattern.ERROR_OFFLINE]
+            assert list(controls.led.history) == [LedPattern.ERROR_OFFLINE]
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
