@@ -399,23 +399,29 @@ async def test_status_reports_liveness(speaker: Speaker, output: CrankedOutput) 
 def retained_bytes(call: Callable[[], None], count: int) -> int:
     """Bytes still allocated by the callback path after ``count`` calls (after a warm-up).
 
-    Only the files the callbacks run through are counted, so that other threads of the
-    test process (fixtures, a stream still closing) cannot blur the figure.
+    Only blocks allocated in the files the callbacks run through, on a stack that passes
+    through this test file, are counted: other threads of the test process (fixtures, a
+    PortAudio callback of an earlier test's stream still closing) cannot blur the figure.
     """
     ours = [
         tracemalloc.Filter(True, "*/appliance/audio/streams.py"),
         tracemalloc.Filter(True, "*/appliance/audio/ring.py"),
     ]
-    tracemalloc.start()
+    this_test = [tracemalloc.Filter(True, __file__, all_frames=True)]
+
+    def snapshot() -> tracemalloc.Snapshot:
+        return tracemalloc.take_snapshot().filter_traces(this_test).filter_traces(ours)
+
+    tracemalloc.start(32)
     try:
         for _ in range(1000):
             call()
         gc.collect()  # garbage waiting for the collector is not memory kept
-        before = tracemalloc.take_snapshot().filter_traces(ours)
+        before = snapshot()
         for _ in range(count):
             call()
         gc.collect()
-        after = tracemalloc.take_snapshot().filter_traces(ours)
+        after = snapshot()
     finally:
         tracemalloc.stop()
     return sum(stat.size_diff for stat in after.compare_to(before, "filename"))
