@@ -111,7 +111,7 @@ async def check_gpio(settings: Settings) -> Result:
         with Controls(
             gpio, loop=asyncio.get_running_loop(), on_event=lambda _: None, pin_factory=factory
         ) as controls:
-            pressed = controls.button.is_pressed
+            pressed = controls.pressed
     except ApplianceError as exc:
         return Result(
             "GPIO",

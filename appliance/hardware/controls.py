@@ -2,8 +2,11 @@
 
 gpiozero calls the button handlers from its own threads (or, with ``MockFactory``, from
 whoever drives the pin); :class:`Controls` only hands them to the asyncio loop with
-``call_soon_threadsafe``. The LED is animated by one loop task (:meth:`LedPlayer.run`), so
-patterns change atomically with the state and a steady LED costs no wake-ups at all.
+``call_soon_threadsafe``. The button is a plain ``DigitalInputDevice`` and the long press a
+loop timer: gpiozero's ``Button`` keeps a thread that wakes ten times a second for ever to
+look for holds, which was most of what an idle appliance cost. The LED is animated by one
+loop task (:meth:`LedPlayer.run`), so patterns change atomically with the state and a
+steady LED costs no wake-ups at all.
 """
 
 from __future__ import annotations
@@ -157,28 +160,28 @@ class Controls:
         pin_factory: Any = None,
         heartbeat: bool = False,
     ) -> None:
-        from gpiozero import LED, PWMLED, Button
+        from gpiozero import LED, PWMLED, DigitalInputDevice
         from gpiozero.exc import GPIOZeroError, PinFactoryFallback, PinPWMUnsupported
 
         self._loop = loop
         self._on_event = on_event
         self._closed = False
+        self._hold_s = settings.hold_s
+        self._hold_timer: asyncio.TimerHandle | None = None
         self.button: Any = None
         led: Any = None
         try:
             # gpiozero warns for every backend it tries on its way to a working one; the
             # backend it settles on is logged below, and a failure says what to do.
             warnings.simplefilter("ignore", PinFactoryFallback)
-            self.button = Button(
+            self.button = DigitalInputDevice(
                 settings.button_pin,
                 pull_up=settings.button_pull_up,
                 bounce_time=settings.bounce_ms / 1000 or None,
-                hold_time=settings.hold_s,
                 pin_factory=pin_factory,
             )
-            self.button.when_pressed = lambda: self._emit(Event.PRESS)
-            self.button.when_released = lambda: self._emit(Event.RELEASE)
-            self.button.when_held = lambda: self._emit(Event.LONG_PRESS)
+            self.button.when_activated = lambda: self._emit(Event.PRESS)
+            self.button.when_deactivated = lambda: self._emit(Event.RELEASE)
             pwm = True
             if settings.led_pin is not None:
                 try:
@@ -210,20 +213,40 @@ class Controls:
             type(self.button.pin_factory).__name__,
         )
 
+    @property
+    def pressed(self) -> bool:
+        """The button is down now."""
+        return bool(self.button.is_active)
+
     def _emit(self, event: Event) -> None:
         # Runs on a gpiozero thread (or the loop, with MockFactory driven from the loop).
         if not self._closed:
-            self._loop.call_soon_threadsafe(self._on_event, event)
+            self._loop.call_soon_threadsafe(self._on_button, event)
+
+    def _on_button(self, event: Event) -> None:
+        """On the loop: a press starts the long-press timer, a release stops it."""
+        if self._closed:
+            return
+        self._cancel_hold()
+        if event is Event.PRESS:
+            self._hold_timer = self._loop.call_later(self._hold_s, self._held)
+        self._on_event(event)
+
+    def _held(self) -> None:
+        self._hold_timer = None
+        if not self._closed:
+            self._on_event(Event.LONG_PRESS)
+
+    def _cancel_hold(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        # gpiozero's hold thread, while the button is held, waits out the whole hold time
-        # before it sees a close: up to APPLIANCE_HOLD_S of a stopping device. Wake it.
-        inactive = getattr(self.button, "_inactive_event", None)
-        if inactive is not None:
-            inactive.set()
+        self._cancel_hold()
         for device in (self.button, self._led):
             if device is not None:
                 device.close()

@@ -30,8 +30,8 @@ CLICK_S = 0.12  # how long a click holds the button down, like a finger would
 class Finger:
     """Presses and releases the simulated button by driving its MockFactory pin.
 
-    ``button`` returns the gpiozero Button to press (None: there is none right now, e.g.
-    while the appliance rebuilds after a reload).
+    ``button`` returns the gpiozero input device of the button to press (None: there is
+    none right now, e.g. while the appliance rebuilds after a reload).
     """
 
     def __init__(self, button: Callable[[], Any | None]) -> None:
@@ -40,7 +40,7 @@ class Finger:
     @property
     def pressed(self) -> bool:
         button = self._button()
-        return button is not None and bool(button.is_pressed)
+        return button is not None and bool(button.is_active)
 
     def press(self) -> None:
         if not self.pressed:

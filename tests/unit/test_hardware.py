@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -76,6 +77,43 @@ async def test_a_long_press_is_reported_while_still_held(factory: MockFactory) -
         assert finger.pressed
         finger.release()
         await received.until(Event.PRESS, Event.LONG_PRESS, Event.RELEASE)
+
+
+async def test_a_short_press_is_no_long_press(factory: MockFactory) -> None:
+    received = Received()
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=received, pin_factory=factory
+    ) as controls:
+        finger = Finger(lambda: controls.button)
+        finger.press()
+        finger.release()
+        finger.press()
+        # A long press left over from the first press would be due before this one.
+        await received.until(Event.PRESS, Event.RELEASE, Event.PRESS, Event.LONG_PRESS)
+        assert received.events == [Event.PRESS, Event.RELEASE, Event.PRESS, Event.LONG_PRESS]
+
+
+async def test_an_idle_button_runs_no_thread(factory: MockFactory) -> None:
+    # An appliance waits for a press for months: nothing may poll meanwhile.
+    threads = threading.active_count()
+    with Controls(
+        gpio(), loop=asyncio.get_running_loop(), on_event=Received(), pin_factory=factory
+    ):
+        assert threading.active_count() == threads
+
+
+async def test_closing_while_held_reports_no_long_press(factory: MockFactory) -> None:
+    received = Received()
+    loop = asyncio.get_running_loop()
+    controls = Controls(gpio(), loop=loop, on_event=received, pin_factory=factory)
+    Finger(lambda: controls.button).press()
+    await received.until(Event.PRESS)
+    controls.close()
+    expired = loop.create_future()
+    # Only the absence of an event is checked here, so the test waits out the hold time.
+    loop.call_later(0.5, expired.set_result, None)
+    await expired
+    assert received.events == [Event.PRESS]
 
 
 async def test_a_pull_down_button_is_pressed_by_driving_high(factory: MockFactory) -> None:
@@ -236,7 +274,7 @@ async def test_stdin_commands_drive_the_button(factory: MockFactory) -> None:
             Event.LONG_PRESS,
             Event.RELEASE,
         )
-        assert not controls.button.is_pressed  # nothing after quit was carried out
+        assert not controls.pressed  # nothing after quit was carried out
 
 
 def test_view_prints_a_line_per_change_when_not_on_a_terminal() -> None:
