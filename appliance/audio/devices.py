@@ -110,6 +110,7 @@ class PortAudio:
 
     def __init__(self) -> None:
         self._pa: Any = None
+        self.generation = 0  # counts PortAudio sessions: device indices hold within one
         self._open_streams = 0
         self.abandoned_streams = 0  # streams whose close hung (see close_stream)
         self._closed = False
@@ -125,6 +126,7 @@ class PortAudio:
             try:
                 with _quiet_stderr():
                     self._pa = pyaudio.PyAudio()
+                self.generation += 1
             except OSError as exc:
                 raise AudioDeviceError(
                     f"cannot initialise PortAudio: {_describe_os_error(exc)}"
@@ -380,6 +382,10 @@ class _PyAudioStream:
         self._period_ms = period_ms
         self._stream: Any = None
         self._link: _Link | None = None
+        # The device, rate and channels the last stream opened with, and in which PortAudio
+        # session: choosing probes the device a few times (each probe opens it through the
+        # sound server), which would otherwise be paid again before every answer.
+        self._chosen: tuple[int, DeviceInfo, int, int] | None = None
         self._past_xruns = 0
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
@@ -437,9 +443,22 @@ class _PyAudioStream:
         """Open the stream (not started) that will hand each period to ``handler``."""
         if self._stream is not None:
             raise RuntimeError(f"the {self.direction} stream is already open")
+        chosen = self._chosen
+        if chosen is not None and chosen[0] == self._portaudio.generation:
+            try:
+                return self._open_with(handler, *chosen[1:])
+            except AudioDeviceError:
+                self._chosen = None  # the device may have changed since: choose afresh
+        device, rate, channels = self._choose()
+        stream_format = self._open_with(handler, device, rate, channels)
+        self._chosen = (self._portaudio.generation, device, rate, channels)
+        return stream_format
+
+    def _open_with(
+        self, handler: Callable[[Samples], None], device: DeviceInfo, rate: int, channels: int
+    ) -> StreamFormat:
         import pyaudio
 
-        device, rate, channels = self._choose()
         frames = max(1, round(rate * self._period_ms / 1000))
         link = _Link(handler, frames, channels)
         callback = link.input_callback if self.direction == "input" else link.output_callback

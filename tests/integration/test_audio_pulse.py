@@ -283,3 +283,30 @@ def test_appliance_devices_lists_devices_and_rates(pulse: PulseServer) -> None:
     assert "APPLIANCE_INPUT_DEVICE: (empty: the system default) -> [" in result.stdout
     assert "APPLIANCE_OUTPUT_DEVICE: 'pulse' -> [" in result.stdout
     assert "ALSA lib" not in result.stdout + result.stderr
+
+
+async def test_a_remembered_device_that_no_longer_opens_is_chosen_afresh(
+    audio: Audio, pulse: PulseServer
+) -> None:
+    # Streams reopen with the device and rate they last opened with, without probing the
+    # device again; when that fails (the device changed since), the choice is made afresh.
+    speaker, recording = audio.speaker, pulse.recording
+    speaker.start()
+    speaker.stop()
+    output = speaker._device
+    assert output._chosen is not None
+    generation, device, _, channels = output._chosen
+    output._chosen = (generation, device, 1, channels)  # a rate no device accepts
+    start = recording.position
+    speaker.start()
+    assert speaker.format is not None
+    assert speaker.format.rate == RATE
+    speaker.play(LEAD_IN, response=False)
+    answer = noise(0.5, seed=5)
+    speaker.play(answer.tobytes(), "item")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    await recording.until(start + RATE * 2)
+    _, score = find(answer, recording.samples(start, start + RATE * 2))
+    assert score > 0.999
+    assert output._chosen[2] == RATE
