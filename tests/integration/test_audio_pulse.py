@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.audio import Audio, Earcon, earcon, open_audio
+from appliance.audio.devices import PyAudioOutput
 from appliance.config import AudioSettings
 from appliance.errors import AudioDeviceError
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer
@@ -294,6 +295,7 @@ async def test_a_remembered_device_that_no_longer_opens_is_chosen_afresh(
     speaker.start()
     speaker.stop()
     output = speaker._device
+    assert isinstance(output, PyAudioOutput)
     assert output._chosen is not None
     generation, device, _, channels = output._chosen
     output._chosen = (generation, device, 1, channels)  # a rate no device accepts
