@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -192,7 +192,82 @@ def _status(
     )
 
 
-class Microphone:
+class _DeviceStream:
+    """What the microphone and the speaker share: a device stream opened at start().
+
+    A subclass names its device callback and prepares its ring and resampler for the
+    format the device opened with (keeping them when the format is the one before).
+    """
+
+    _what: str  # "microphone" or "speaker", for errors
+
+    def __init__(self, device: InputDevice | OutputDevice) -> None:
+        self._device = device
+        self._format: StreamFormat | None = None
+        self._log = _CallbackLog()
+        # The wake-up handshake: set by the device side, cleared by the loop.
+        self._wake_pending = False
+        self._started = False
+        self._started_ns = 0
+        self._closed = False
+
+    def _open(self) -> StreamFormat:
+        raise NotImplementedError
+
+    def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Open and start the device stream; raises AudioDeviceError if it is unusable."""
+        if self._closed:
+            raise AudioDeviceError(f"the {self._what} is closed")
+        if self._started:
+            return
+        fmt = self._open()
+        previous = self._format
+        try:
+            same = previous is not None and (fmt.rate, fmt.channels) == (
+                previous.rate,
+                previous.channels,
+            )
+            self._format = fmt
+            self._wake_pending = False
+            self._prepare(fmt, same_format=same)
+            self._device.start()
+        except BaseException:
+            self._format = None  # the ring may not match it: build afresh next time
+            self._device.stop()
+            raise
+        self._started_ns = time.monotonic_ns()
+        self._started = True
+
+    def close(self) -> None:
+        self.stop()
+        self._device.close()
+        self._closed = True
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def format(self) -> StreamFormat | None:
+        return self._format
+
+    def status(self) -> StreamStatus:
+        return _status(self._device, self._format, self._started, self._started_ns, self._log)
+
+
+class Microphone(_DeviceStream):
     """Capture: the device writes into a drop-oldest ring; the loop reads, resamples, scales.
 
     ``read()`` returns int16 mono at ``service_rate``. The ring holds ``buffer_s`` seconds,
@@ -211,7 +286,8 @@ class Microphone:
         on_audio: Callable[[], None] | None = None,
         chunk_ms: float = 0.0,
     ) -> None:
-        self._device = device
+        super().__init__(device)
+        self._device: InputDevice = device
         self._loop = loop
         self.service_rate = service_rate
         # Wake the loop once this much audio waits (0: every period). Each wake-up costs a
@@ -227,13 +303,7 @@ class Microphone:
         self._last: Samples = _EMPTY  # the latest chunk read, for the level meter
         self._ring: RingBuffer | None = None
         self._resampler: StreamResampler | None = None
-        self._format: StreamFormat | None = None
-        self._log = _CallbackLog()
-        self._wake_pending = False
-        self._started = False
-        self._started_ns = 0
         self._flush_pending = False
-        self._closed = False
         self.callback_errors = 0
 
     # ---- device side ---------------------------------------------------------------------
@@ -259,36 +329,23 @@ class Microphone:
         if self.on_audio is not None:
             self.on_audio()
 
-    def start(self) -> None:
-        """Open and start capturing; raises AudioDeviceError if the device is unusable."""
-        if self._closed:
-            raise AudioDeviceError("the microphone is closed")
-        if self._started:
-            return
-        fmt = self._device.open(self._capture)
-        try:
-            if self._format is None or (fmt.rate, fmt.channels) != (
-                self._format.rate,
-                self._format.channels,
-            ):
-                capacity = max(1, round(self._buffer_s * fmt.rate)) * fmt.channels
-                self._ring = RingBuffer(capacity, drop_oldest=True)
-                self._resampler = StreamResampler(fmt.rate, self.service_rate)
-            else:
-                assert self._ring is not None
-                assert self._resampler is not None
-                self._ring.clear()
-                self._resampler.reset()
-            self._format = fmt
-            self._wake_samples = round(self.chunk_ms * fmt.rate / 1000) * fmt.channels
-            self._wake_pending = False
-            self._flush_pending = False
-            self._device.start()
-        except BaseException:
-            self._device.stop()
-            raise
-        self._started_ns = time.monotonic_ns()
-        self._started = True
+    _what = "microphone"
+
+    def _open(self) -> StreamFormat:
+        return self._device.open(self._capture)
+
+    def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
+        if same_format:
+            assert self._ring is not None
+            assert self._resampler is not None
+            self._ring.clear()
+            self._resampler.reset()
+        else:
+            capacity = max(1, round(self._buffer_s * fmt.rate)) * fmt.channels
+            self._ring = RingBuffer(capacity, drop_oldest=True)
+            self._resampler = StreamResampler(fmt.rate, self.service_rate)
+        self._wake_samples = round(self.chunk_ms * fmt.rate / 1000) * fmt.channels
+        self._flush_pending = False
 
     def stop(self) -> None:
         """Stop capturing. What was captured stays readable until the next start()."""
@@ -296,21 +353,6 @@ class Microphone:
             self._started = False
             self._device.stop()
             self._flush_pending = True  # the resampler still holds the last few ms
-
-    def close(self) -> None:
-        self.stop()
-        self._device.close()
-        self._closed = True
-
-    def __enter__(self) -> Microphone:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def started(self) -> bool:
-        return self._started
 
     @property
     def gain_db(self) -> float:
@@ -388,13 +430,6 @@ class Microphone:
         """Periods the device itself flagged as overflowed (audio lost before our callback)."""
         return self._device.xruns
 
-    @property
-    def format(self) -> StreamFormat | None:
-        return self._format
-
-    def status(self) -> StreamStatus:
-        return _status(self._device, self._format, self._started, self._started_ns, self._log)
-
     def capture_log(self) -> npt.NDArray[np.int64]:
         """Per callback: (samples captured so far, samples in it, time.monotonic_ns())."""
         return self._log.snapshot()
@@ -420,7 +455,7 @@ class _Segment:
     samples_per_ms: float
 
 
-class Speaker:
+class Speaker(_DeviceStream):
     """Playback: the loop queues 24 kHz audio, the device drains a ring at the device rate.
 
     ``play()`` never blocks and never drops: what does not fit into the ring waits in a
@@ -438,7 +473,8 @@ class Speaker:
         buffer_s: float = 2.0,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
-        self._device = device
+        super().__init__(device)
+        self._device: OutputDevice = device
         self._loop = loop
         self._buffer_s = buffer_s
         self.on_drained = on_drained
@@ -449,7 +485,6 @@ class Speaker:
         self.volume = volume
         self._ring: RingBuffer | None = None
         self._resampler: StreamResampler | None = None
-        self._format: StreamFormat | None = None
         self._queue: deque[_Queued] = deque()
         self._staged: Samples = _EMPTY  # resampled and scaled, waiting for ring space
         self._staged_item: str | None = None
@@ -459,16 +494,10 @@ class Speaker:
         self._last_item: str | None = None
         self._finish_requested = False
         self._low_water = 0
-        self._log = _CallbackLog()
-        self._started = False
-        self._started_ns = 0
-        self._closed = False
         # Read by the device side, written by the loop only:
         self._streaming = False  # a response is arriving: a dry ring is an underrun
         self._want_feed = False  # the loop has audio waiting for ring space
         self._finish_pos = _NEVER  # the last sample of the finished audio, once in the ring
-        # The wake-up handshake: set by the device side, cleared by the loop.
-        self._wake_pending = False
         # Written by the device side only:
         self.underruns = 0
         self.callback_errors = 0
@@ -503,33 +532,20 @@ class Speaker:
         self._feed()
         self._check_drained()
 
-    def start(self) -> None:
-        """Open and start the output stream (audio queued meanwhile starts playing at once)."""
-        if self._closed:
-            raise AudioDeviceError("the speaker is closed")
-        if self._started:
-            return
-        fmt = self._device.open(self._render)
-        try:
-            if self._format is None or (fmt.rate, fmt.channels) != (
-                self._format.rate,
-                self._format.channels,
-            ):
-                capacity = max(fmt.period_frames * 4, round(self._buffer_s * fmt.rate))
-                self._ring = RingBuffer(capacity * fmt.channels, drop_oldest=False)
-                self._resampler = StreamResampler(SPEAKER_RATE, fmt.rate)
-                self._low_water = self._ring.capacity * 3 // 4
-                self._segments.clear()
-                self._marks.clear()
-            self._format = fmt
-            self._wake_pending = False
-            self._feed()  # so that the first callback already has the queued audio
-            self._device.start()
-        except BaseException:
-            self._device.stop()
-            raise
-        self._started_ns = time.monotonic_ns()
-        self._started = True
+    _what = "speaker"
+
+    def _open(self) -> StreamFormat:
+        return self._device.open(self._render)
+
+    def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
+        if not same_format:
+            capacity = max(fmt.period_frames * 4, round(self._buffer_s * fmt.rate))
+            self._ring = RingBuffer(capacity * fmt.channels, drop_oldest=False)
+            self._resampler = StreamResampler(SPEAKER_RATE, fmt.rate)
+            self._low_water = self._ring.capacity * 3 // 4
+            self._segments.clear()
+            self._marks.clear()
+        self._feed()  # so that the first callback already has the queued audio
 
     def stop(self) -> None:
         """Stop the output stream and drop whatever was still to be played."""
@@ -537,21 +553,6 @@ class Speaker:
             self._started = False
             self._device.stop()
         self._discard()
-
-    def close(self) -> None:
-        self.stop()
-        self._device.close()
-        self._closed = True
-
-    def __enter__(self) -> Speaker:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def started(self) -> bool:
-        return self._started
 
     @property
     def volume(self) -> int:
@@ -748,10 +749,3 @@ class Speaker:
     def device_xruns(self) -> int:
         """Periods the device itself flagged as underflowed (it played a gap)."""
         return self._device.xruns
-
-    @property
-    def format(self) -> StreamFormat | None:
-        return self._format
-
-    def status(self) -> StreamStatus:
-        return _status(self._device, self._format, self._started, self._started_ns, self._log)
