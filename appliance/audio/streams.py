@@ -201,8 +201,9 @@ class _DeviceStream:
 
     _what: str  # "microphone" or "speaker", for errors
 
-    def __init__(self, device: InputDevice | OutputDevice) -> None:
+    def __init__(self, device: InputDevice | OutputDevice, loop: asyncio.AbstractEventLoop) -> None:
         self._device = device
+        self._loop = loop
         self._format: StreamFormat | None = None
         self._log = _CallbackLog()
         # The wake-up handshake: set by the device side, cleared by the loop.
@@ -286,9 +287,8 @@ class Microphone(_DeviceStream):
         on_audio: Callable[[], None] | None = None,
         chunk_ms: float = 0.0,
     ) -> None:
-        super().__init__(device)
+        super().__init__(device, loop)
         self._device: InputDevice = device
-        self._loop = loop
         self.service_rate = service_rate
         # Wake the loop once this much audio waits (0: every period). Each wake-up costs a
         # thread switch and, downstream, one message to the service: batching saves CPU.
@@ -473,9 +473,8 @@ class Speaker(_DeviceStream):
         buffer_s: float = 2.0,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(device)
+        super().__init__(device, loop)
         self._device: OutputDevice = device
-        self._loop = loop
         self._buffer_s = buffer_s
         self.on_drained = on_drained
         self.drained = asyncio.Event()
