@@ -389,16 +389,17 @@ class AudioSettings(_Group):
         20,
         ge=5,
         le=100,
-        description="Audio period (callback interval) in ms.",
+        description="The speaker's audio period in ms: an interruption silences it within "
+        "one period.",
         **env("APPLIANCE_PERIOD_MS"),
     )
     chunk_ms: int = Field(
         40,
         ge=0,
         le=200,
-        description="Send the microphone to the service in chunks of about this many ms "
-        "(at least one period): larger chunks cost less CPU, smaller ones let the service "
-        "notice the end of speech a little sooner.",
+        description="Capture the microphone in periods of, and send it to the service in "
+        "chunks of, about this many ms (at least one period): larger chunks cost less CPU, "
+        "smaller ones let the service notice the end of speech a little sooner.",
         **env("APPLIANCE_CHUNK_MS"),
     )
     volume: int = Field(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.audio import Audio, Microphone, Speaker, open_audio
-from appliance.audio.devices import _Link
+from appliance.audio.devices import _Pump
 from appliance.audio.ring import RingBuffer
 from appliance.config import AudioSettings
 from bench.report import median, table
@@ -87,7 +87,7 @@ def measure_callback(call: Callable[[], object], count: int) -> tuple[float, int
 
 
 async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[object]]:
-    """Call the very callbacks PyAudio calls, 10,000 times each, under tracemalloc."""
+    """Run what the device threads run every period, 10,000 times each, under tracemalloc."""
     from appliance.audio.devices import PortAudio, PyAudioInput, PyAudioOutput
 
     seconds = 2.2 * CALLBACKS * FRAME / RATE  # measured twice: under tracemalloc, then timed
@@ -103,20 +103,14 @@ async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[obj
             speaker.stop()
             t = np.arange(int(seconds * RATE)) / RATE
             speaker.play((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), "item")
-            input_link = _Link(mic._capture, FRAME, 1)
-            output_link = _Link(speaker._render, FRAME, 1)
+            # What a device thread does with each period, minus PortAudio's read or write.
+            input_pump = _Pump(None, "input", mic._capture, FRAME, 1)
+            output_pump = _Pump(None, "output", speaker._render, FRAME, 1)
             in_data = (np.arange(FRAME, dtype=np.int16) * 3).tobytes()
-            time_info = {"input_buffer_adc_time": 0.0, "current_time": 0.0}
             rows = []
             for name, call in (
-                (
-                    "input (microphone)",
-                    lambda: input_link.input_callback(in_data, FRAME, time_info, 0),
-                ),
-                (
-                    "output (speaker)",
-                    lambda: output_link.output_callback(None, FRAME, time_info, 0),
-                ),
+                ("input (microphone)", lambda: input_pump.deliver(in_data)),
+                ("output (speaker)", output_pump.fill),
             ):
                 retained, peak_max, peak_median, ns = measure_callback(call, CALLBACKS)
                 rows.append([name, retained, peak_median, peak_max, ns / 1000])
@@ -158,7 +152,8 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
         wall, cpu = time.monotonic() - wall, cpu_s() - cpu
         mic_status, speaker_status = mic.status(), speaker.status()
         mic_xruns, speaker_xruns = mic.device_xruns, speaker.device_xruns
-        expected = wall * 1000 / period_ms
+        expected_in = wall * 1000 / (mic_status.period_ms or period_ms)
+        expected_out = wall * 1000 / period_ms
         return [
             f"{period_ms} ms",
             round(wall, 1),
@@ -167,7 +162,8 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
             mic.overruns,
             round(mic.dropped_ms),
             f"{mic_xruns}/{speaker_xruns}",
-            f"{mic_status.callbacks / expected:.3f}/{speaker_status.callbacks / expected:.3f}",
+            f"{mic_status.callbacks / expected_in:.3f}/"
+            f"{speaker_status.callbacks / expected_out:.3f}",
             sent // 2 // RATE,
         ]
 
@@ -209,9 +205,10 @@ async def run() -> None:
         os.environ.update(pulse.env)  # PortAudio reads it when it initialises
         await warm_up(loop)
         table(
-            f"Allocations per callback ({CALLBACKS:,} calls each, tracemalloc; bytes)",
+            f"Allocations per period on the device side ({CALLBACKS:,} calls each, "
+            "tracemalloc; bytes)",
             [
-                "PyAudio callback",
+                "device thread, per period",
                 "retained from appliance/ per call",
                 "transient peak, median",
                 "transient peak, max",

@@ -1,9 +1,10 @@
-"""Sound cards through PyAudio (PortAudio): finding devices, choosing rates, the callbacks.
+"""Sound cards through PyAudio (PortAudio): finding devices, choosing rates, the device threads.
 
-The callbacks only hand samples to the :class:`~appliance.audio.streams.Microphone` or
-:class:`~appliance.audio.streams.Speaker` that owns the stream; they allocate no audio
-buffers (the output callback returns the same preallocated numpy array every time: PyAudio
-copies it into PortAudio's buffer before the callback returns), never block and never log.
+Each open stream has a device thread (:class:`_Pump`) doing blocking reads or writes of
+one period; it only hands samples to the :class:`~appliance.audio.streams.Microphone` or
+:class:`~appliance.audio.streams.Speaker` that owns the stream. Those device-side
+callbacks allocate no audio buffers (the speaker fills the same preallocated numpy array
+every period, which PyAudio writes without a copy), never block and never log.
 
 PortAudio enumerates devices once, when it is initialised; a USB device plugged in later is
 seen after :meth:`PortAudio.refresh`, which the streams call by themselves when a device
@@ -40,6 +41,8 @@ _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
 _UNSUPPORTED_FORMAT = {-9994, -9997, -9998}  # sample format, sample rate, channel count
 
 # PortAudio error codes worth a sentence of their own.
+_INPUT_OVERFLOWED = -9981
+_OUTPUT_UNDERFLOWED = -9980
 _PA_ERRORS = {
     -9985: "the device is busy or unavailable (is another program using it?)",
     -9993: "the device cannot be opened (unplugged, or its sound server is not running)",
@@ -95,10 +98,13 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(capture)
 
 
+def _error_code(exc: BaseException) -> int | None:
+    """PortAudio's error code in a PyAudio exception (its place in the args varies)."""
+    return next((a for a in exc.args[:2] if isinstance(a, int)), None)
+
+
 def _describe_os_error(exc: BaseException) -> str:
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    if code is None and len(exc.args) > 1 and isinstance(exc.args[1], int):
-        code = exc.args[1]
+    code = _error_code(exc)
     text = next((a for a in exc.args if isinstance(a, str)), str(exc))
     if code in _PA_ERRORS:
         return f"{_PA_ERRORS[code]} ({text})"
@@ -246,21 +252,25 @@ class PortAudio:
         self._open_streams += 1
         return stream
 
-    def close_stream(self, stream: Any) -> None:
-        """Abort (stopping would wait for the device) and close, giving up after a while.
+    def close_stream(self, stream: Any, pump: _Pump | None = None) -> None:
+        """Stop its device thread, abort (stopping would drain the device) and close.
 
-        A vanished device can make PortAudio wait forever for its callback thread (seen
-        with a sound server killed under the ALSA pulse plugin: libpulse deadlocks). The
-        loop must not hang with it, so the stream is closed on a helper thread and, if
-        that does not finish in time, abandoned: its callbacks are already cut off from
-        the microphone or speaker, and PortAudio is never terminated afterwards (that
-        would wait for the stuck thread too).
+        A vanished device can make PortAudio block for ever (seen with a sound server
+        killed under the ALSA pulse plugin: libpulse deadlocks). The loop must not hang
+        with it, so the stream is closed on a helper thread and, if that does not finish
+        in time, abandoned: its pump is already cut off from the microphone or speaker,
+        and PortAudio is never terminated afterwards (that would wait for the stuck
+        thread too).
         """
         import pyaudio
 
         closed = threading.Event()
+        if pump is not None:
+            pump.cut_off()
 
         def abort_and_close() -> None:
+            if pump is not None:
+                pump.join()  # PortAudio calls on one stream must not overlap
             try:
                 # PyAudio's Stream has no abort method; its C module has.
                 pyaudio.pa.abort_stream(stream._stream)
@@ -308,59 +318,109 @@ def _names(devices: Sequence[DeviceInfo]) -> str:
     return ", ".join(f"{d.index}: {d.name!r}" for d in devices)
 
 
-class _Link:
-    """What one open stream's callback may touch; cut off when the stream is closed.
+class _Pump:
+    """One open stream's device thread: a blocking read or write of one period at a time.
 
-    A new stream gets a new link, so a stream that could not be closed (see
+    PortAudio's callback mode would run our callback on its own thread, for which CPython
+    creates (and maps memory for) a fresh thread state every period; a thread of our own
+    keeps one, and blocking streams spare PortAudio's extra wake-ups as well. On the
+    PulseAudio null devices of the benchmarks this is about half the process CPU of a
+    stream (see ``scripts/bench audio``). The thread only moves samples between PortAudio
+    and the handler, which is the microphone's or speaker's device-side callback.
+
+    A new stream gets a new pump, so a stream that could not be closed (see
     :meth:`PortAudio.close_stream`) can never reach the microphone or speaker again.
     """
 
-    def __init__(self, handler: Callable[[Samples], None], frames: int, channels: int) -> None:
-        import pyaudio
-
+    def __init__(
+        self,
+        stream: Any,
+        direction: Direction,
+        handler: Callable[[Samples], None],
+        frames: int,
+        channels: int,
+    ) -> None:
+        self.stream = stream
+        self.direction = direction
         self.handler: Callable[[Samples], None] | None = handler
         self.frames = frames
-        self.channels = channels
-        self.xruns = 0
         self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
-        self.paContinue: int = pyaudio.paContinue
-        # The same tuples for every callback: PyAudio copies the samples before we return.
-        self.output_result: tuple[Samples, int] = (self.buffer, self.paContinue)
-        self.input_result: tuple[None, int] = (None, self.paContinue)
+        self.xruns = 0
+        self.failure: str | None = None
+        self.running = False
+        self.thread = threading.Thread(
+            target=self._capture if direction == "input" else self._play,
+            name=f"audio-{direction}",
+            daemon=True,
+        )
 
-    def input_callback(
-        self, in_data: bytes | None, frame_count: int, time_info: object, status: int
-    ) -> tuple[None, int]:
-        try:
-            if status:
-                self.xruns += 1
-            handler = self.handler
-            if in_data is not None and handler is not None:
-                handler(np.frombuffer(in_data, dtype=np.int16))
-        except BaseException:  # noqa: BLE001 - an exception here would be raised in the main thread
-            self.xruns += 1
-        return self.input_result
+    def start(self) -> None:
+        self.running = True
+        self.thread.start()
 
-    def output_callback(
-        self, in_data: object, frame_count: int, time_info: object, status: int
-    ) -> tuple[Samples, int]:
-        try:
-            if status:
-                self.xruns += 1
-            if frame_count == self.frames:
-                result = self.output_result
-            else:  # PortAudio asked for an unusual size: rare enough to allocate for
-                result = (np.zeros(frame_count * self.channels, dtype=np.int16), self.paContinue)
-            handler = self.handler
-            if handler is None:
-                result[0][:] = 0
-            else:
-                handler(result[0])
-            return result
-        except BaseException:  # noqa: BLE001 - an exception here would be raised in the main thread
-            self.xruns += 1
+    def cut_off(self) -> None:
+        """Stop moving samples: the handler is not called again once a call in flight ends."""
+        self.running = False
+        self.handler = None
+
+    def join(self) -> None:
+        """Wait until the thread is out of PortAudio (at most a period, unless it hangs)."""
+        if self.thread.ident is not None:
+            self.thread.join()
+
+    def deliver(self, data: bytes) -> None:
+        """One period captured: hand it to the microphone (the device side, every period)."""
+        handler = self.handler
+        if handler is not None:
+            handler(np.frombuffer(data, dtype=np.int16))
+
+    def fill(self) -> Samples:
+        """One period to play: the speaker fills the preallocated buffer (every period)."""
+        handler = self.handler
+        if handler is None:
             self.buffer[:] = 0
-            return self.output_result
+        else:
+            handler(self.buffer)
+        return self.buffer
+
+    def _capture(self) -> None:
+        from pyaudio import _portaudio as pa
+
+        read, stream, frames, deliver = (
+            pa.read_stream,
+            self.stream._stream,
+            self.frames,
+            self.deliver,
+        )
+        while self.running:
+            try:
+                data = read(stream, frames, True)
+            except OSError as exc:
+                if _error_code(exc) == _INPUT_OVERFLOWED:
+                    self.xruns += 1  # PyAudio drops the period it read after an overflow
+                    continue
+                self._failed(exc)
+                return
+            deliver(data)
+
+    def _play(self) -> None:
+        from pyaudio import _portaudio as pa
+
+        write, stream, frames, fill = pa.write_stream, self.stream._stream, self.frames, self.fill
+        while self.running:
+            try:
+                write(stream, fill(), frames, True)
+            except OSError as exc:
+                if _error_code(exc) == _OUTPUT_UNDERFLOWED:
+                    self.xruns += 1  # the period was written; a gap was heard before it
+                    continue
+                self._failed(exc)
+                return
+
+    def _failed(self, exc: OSError) -> None:
+        if self.running:
+            self.failure = _describe_os_error(exc)
+        self.running = False
 
 
 class _PyAudioStream:
@@ -381,7 +441,7 @@ class _PyAudioStream:
         self._rate = rate
         self._period_ms = period_ms
         self._stream: Any = None
-        self._link: _Link | None = None
+        self._pump: _Pump | None = None
         # The device, rate and channels the last stream opened with, and in which PortAudio
         # session: choosing probes the device a few times (each probe opens it through the
         # sound server), which would otherwise be paid again before every answer.
@@ -394,7 +454,7 @@ class _PyAudioStream:
     @property
     def xruns(self) -> int:
         """Periods PortAudio flagged as underflowed or overflowed, over all streams."""
-        return self._past_xruns + (self._link.xruns if self._link is not None else 0)
+        return self._past_xruns + (self._pump.xruns if self._pump is not None else 0)
 
     def _choose(self) -> tuple[DeviceInfo, int, int]:
         try:
@@ -460,8 +520,6 @@ class _PyAudioStream:
         import pyaudio
 
         frames = max(1, round(rate * self._period_ms / 1000))
-        link = _Link(handler, frames, channels)
-        callback = link.input_callback if self.direction == "input" else link.output_callback
         index_key = f"{self.direction}_device_index"
         try:
             self._stream = self._portaudio.open_stream(
@@ -469,7 +527,6 @@ class _PyAudioStream:
                 channels=channels,
                 format=pyaudio.paInt16,
                 frames_per_buffer=frames,
-                stream_callback=callback,
                 start=False,
                 **{self.direction: True, index_key: device.index},
             )
@@ -477,7 +534,7 @@ class _PyAudioStream:
             raise AudioDeviceError(
                 f"cannot open {self.direction} device {device.name!r} at {rate} Hz: {exc}"
             ) from exc
-        self._link = link
+        self._pump = _Pump(self._stream, self.direction, handler, frames, channels)
         self.description = f"{self.direction} device {device.name!r}"
         return StreamFormat(rate=rate, channels=channels, period_frames=frames)
 
@@ -487,7 +544,9 @@ class _PyAudioStream:
         try:
             with _quiet_stderr():
                 self._stream.start_stream()
-        except OSError as exc:
+            assert self._pump is not None
+            self._pump.start()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
             self.stop()
             raise AudioDeviceError(
                 f"cannot start {self.description}: {_describe_os_error(exc)}"
@@ -497,6 +556,8 @@ class _PyAudioStream:
         """Why the running stream stopped working, or None while it works."""
         if self._stream is None:
             return None
+        if self._pump is not None and self._pump.failure is not None:
+            return f"{self.description} failed: {self._pump.failure}"
         try:
             if self._stream.is_active():
                 return None
@@ -506,25 +567,24 @@ class _PyAudioStream:
 
     def stop(self) -> None:
         stream, self._stream = self._stream, None
-        link, self._link = self._link, None
-        if link is not None:
-            link.handler = None
-            self._past_xruns += link.xruns
+        pump, self._pump = self._pump, None
         if stream is not None:
-            self._portaudio.close_stream(stream)
+            self._portaudio.close_stream(stream, pump)
+        if pump is not None:
+            self._past_xruns += pump.xruns
 
     def close(self) -> None:
         self.stop()
 
 
 class PyAudioInput(_PyAudioStream):
-    """A capture stream; its callback hands each period of samples to the microphone."""
+    """A capture stream; its device thread hands each period of samples to the microphone."""
 
     direction: Direction = "input"
 
 
 class PyAudioOutput(_PyAudioStream):
-    """A playback stream; its callback asks the speaker to fill one preallocated period."""
+    """A playback stream; its device thread has the speaker fill one preallocated period."""
 
     direction: Direction = "output"
 
