@@ -162,11 +162,18 @@ def require_endpoint(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-
-    from appliance.runtime import RunOptions, run
+    import contextlib
 
     settings = load_config(args)
     require_endpoint(settings, args)
+    # PortAudio starts before the rest of the appliance is imported, and lives as long as
+    # the process: listing devices loads every ALSA plugin for a moment (see
+    # devices._release_alsa_plugins), and that moment should not come on top of the
+    # process's full size, nor again at every reload.
+    portaudio = None if args.mic and args.speaker else _start_portaudio()
+
+    from appliance.runtime import RunOptions, run
+
     options = RunOptions(
         simulate=args.simulate,
         env_file=args.env_file,
@@ -174,7 +181,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         speaker_wav=args.speaker,
         led_history=args.led_history,
     )
-    return asyncio.run(run(settings, options))
+    with portaudio or contextlib.nullcontext():
+        return asyncio.run(run(settings, options, portaudio))
+
+
+def _start_portaudio() -> PortAudio:
+    from appliance.audio.devices import PortAudio
+
+    portaudio = PortAudio()
+    portaudio.warm_up()
+    return portaudio
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ when the device is next idle, so a change takes effect at the next conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -19,7 +20,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -37,6 +38,9 @@ from appliance.hardware.simulated import (
 from appliance.state import Event
 from appliance.system.notify import Notifier, Watchdog, advancing
 from appliance.system.reload import Reloaded, Reloader
+
+if TYPE_CHECKING:
+    from appliance.audio.devices import PortAudio
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +73,12 @@ def sample_wav() -> Path:
 class Runtime:
     """The process: one configuration after another until a stop signal or ``quit``."""
 
-    def __init__(self, settings: Settings, options: RunOptions) -> None:
+    def __init__(
+        self, settings: Settings, options: RunOptions, portaudio: PortAudio | None = None
+    ) -> None:
         self.settings = settings
         self.options = options
+        self.portaudio = portaudio  # shared by every configuration; the caller closes it
         self.notifier = Notifier()
         self.view = TerminalView(sys.stdout) if options.simulate else None
         self.reloader = Reloader(options.env_file, notifier=self.notifier)
@@ -193,6 +200,7 @@ class Runtime:
                     loop=loop,
                     mic_wav=mic_wav,
                     speaker_wav=speaker_wav,
+                    portaudio=self.portaudio,
                 )
             )
             relay = _ButtonRelay()
@@ -242,10 +250,10 @@ class Runtime:
         mic, speaker = self.options.mic_wav, self.options.speaker_wav
         if not self.options.simulate or (mic is not None and speaker is not None):
             return mic, speaker
-        if mic is None and not _has_sound_card(settings.audio, "input"):
+        if mic is None and not _has_sound_card(settings.audio, "input", self.portaudio):
             mic = sample_wav()
             self._note(f"no microphone found: the mic is the bundled sample {mic}")
-        if speaker is None and not _has_sound_card(settings.audio, "output"):
+        if speaker is None and not _has_sound_card(settings.audio, "output", self.portaudio):
             speaker = Path("appliance-speaker.wav").resolve()
             self._note(f"no speaker found: what the device says goes to {speaker}")
         return mic, speaker
@@ -300,14 +308,14 @@ class Runtime:
         path.write_text(json.dumps(states))
 
 
-def _has_sound_card(audio: AudioSettings, direction: str) -> bool:
+def _has_sound_card(audio: AudioSettings, direction: str, shared: PortAudio | None) -> bool:
     """Whether the configured device opens (a listed ALSA device without a server does not)."""
     from appliance.audio.devices import PortAudio, PyAudioInput, PyAudioOutput
 
     kind = PyAudioInput if direction == "input" else PyAudioOutput
     spec = audio.input_device if direction == "input" else audio.output_device
     try:
-        with PortAudio() as portaudio:
+        with contextlib.nullcontext(shared) if shared else PortAudio() as portaudio:
             stream = kind(portaudio, spec, rate=audio.device_rate, period_ms=audio.period_ms)
             try:
                 stream.open(lambda _: None)
@@ -342,5 +350,5 @@ class _Done(Exception):
     """Ends the runtime's task group with the exit code."""
 
 
-async def run(settings: Settings, options: RunOptions) -> int:
-    return await Runtime(settings, options).run()
+async def run(settings: Settings, options: RunOptions, portaudio: PortAudio | None = None) -> int:
+    return await Runtime(settings, options, portaudio).run()

@@ -54,10 +54,18 @@ __all__ = [
 class Audio:
     """The microphone and the speaker, and the PortAudio session behind them (if any)."""
 
-    def __init__(self, mic: Microphone, speaker: Speaker, portaudio: PortAudio | None) -> None:
+    def __init__(
+        self,
+        mic: Microphone,
+        speaker: Speaker,
+        portaudio: PortAudio | None,
+        *,
+        owns_portaudio: bool = True,
+    ) -> None:
         self.mic = mic
         self.speaker = speaker
         self.portaudio = portaudio
+        self._owns_portaudio = owns_portaudio
 
     def close(self) -> None:
         """Stop both streams and release the devices (the WAV speaker file is complete)."""
@@ -67,7 +75,7 @@ class Audio:
             try:
                 self.speaker.close()
             finally:
-                if self.portaudio is not None:
+                if self.portaudio is not None and self._owns_portaudio:
                     self.portaudio.close()
 
     def __enter__(self) -> Audio:
@@ -86,6 +94,7 @@ def open_audio(
     speaker_wav: Path | None = None,
     mic_buffer_s: float = 5.0,
     speaker_buffer_s: float = 2.0,
+    portaudio: PortAudio | None = None,
 ) -> Audio:
     """Build the microphone and the speaker; no stream is opened until ``start()``.
 
@@ -93,10 +102,12 @@ def open_audio(
     ``--speaker`` path) raises :class:`~appliance.errors.ConfigError` naming the option;
     sound card problems surface later, from ``start()``, as
     :class:`~appliance.errors.AudioDeviceError` (the appliance shows them and retries).
+    ``portaudio`` is a PortAudio session to use and leave open (the runtime keeps one for
+    the whole process); without it the Audio makes its own and closes it.
     """
     from appliance.audio.wavfile import WavInput, WavOutput
 
-    portaudio: PortAudio | None = None
+    owns_portaudio = portaudio is None  # else the caller's, shared and closed by it
     # The microphone's audio leaves in chunks anyway: capturing in chunk-sized periods
     # wakes the device thread and the sound server half as often (or less) for nothing lost.
     input_period_ms = max(settings.period_ms, settings.chunk_ms)
@@ -110,7 +121,7 @@ def open_audio(
         else:
             from appliance.audio.devices import PortAudio, PyAudioInput
 
-            portaudio = PortAudio()
+            portaudio = portaudio or PortAudio()
             input_device = PyAudioInput(
                 portaudio,
                 settings.input_device,
@@ -130,7 +141,7 @@ def open_audio(
                 period_ms=settings.period_ms,
             )
     except BaseException:
-        if portaudio is not None:
+        if portaudio is not None and owns_portaudio:
             portaudio.close()
         raise
     if portaudio is not None:
@@ -144,4 +155,4 @@ def open_audio(
         chunk_ms=settings.chunk_ms,
     )
     speaker = Speaker(output_device, loop=loop, volume=settings.volume, buffer_s=speaker_buffer_s)
-    return Audio(mic, speaker, portaudio)
+    return Audio(mic, speaker, portaudio, owns_portaudio=owns_portaudio)

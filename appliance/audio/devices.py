@@ -14,6 +14,7 @@ cannot be found and no stream is open.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -137,6 +138,7 @@ class PortAudio:
                 raise AudioDeviceError(
                     f"cannot initialise PortAudio: {_describe_os_error(exc)}"
                 ) from exc
+            _release_alsa_plugins()
         return self._pa
 
     def warm_up(self) -> None:
@@ -305,6 +307,27 @@ class PortAudio:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _release_alsa_plugins() -> None:
+    """Let ALSA unload the plugins PortAudio's device listing loaded, and its parsed config.
+
+    To list devices, PortAudio opens every PCM the ALSA configuration defines; on a
+    system with libasound2-plugins (Debian's pulseaudio pulls it in) that loads the a52
+    and lavrate codecs with libavcodec, x265, rav1e, JACK and more: about 10 MiB that
+    stay resident for good, as ALSA caches its plugins. Freeing ALSA's global
+    configuration (a public ALSA call; PortAudio makes it when it terminates) drops that
+    cache; the next stream reads the configuration again and loads only what it uses.
+    Only called right after PortAudio initialised, when no stream is open.
+    """
+    try:
+        alsa = ctypes.CDLL("libasound.so.2")  # PortAudio's ALSA host API has it loaded
+        result = alsa.snd_config_update_free_global()
+    except (OSError, AttributeError) as exc:  # no ALSA (PortAudio on another host API)
+        log.debug("ALSA's plugin cache not released: %s", exc)
+        return
+    if result < 0:
+        log.debug("ALSA's plugin cache not released: error %d", result)
 
 
 def _default_index(getter: Callable[[], dict[str, Any]]) -> int | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.audio import Audio, Earcon, earcon, open_audio
-from appliance.audio.devices import PyAudioOutput
+from appliance.audio.devices import PortAudio, PyAudioOutput
 from appliance.config import AudioSettings
 from appliance.errors import AudioDeviceError
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer
@@ -313,3 +313,54 @@ async def test_a_remembered_device_that_no_longer_opens_is_chosen_afresh(
     _, score = find(answer, recording.samples(start, start + RATE * 2))
     assert score > 0.999
     assert output._chosen[2] == RATE
+
+
+def _mapped(library: str) -> bool:
+    return any(library in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+@pytest.mark.skipif(
+    not list(Path("/usr/lib").glob("*/alsa-lib/libasound_module_pcm_a52.so")),
+    reason="libasound2-plugins' a52 PCM is not installed: there is nothing to unload",
+)
+async def test_the_plugins_portaudio_lists_devices_with_are_unloaded_again(
+    audio: Audio, pulse: PulseServer
+) -> None:
+    # PortAudio opens every PCM ALSA defines to list devices; the a52 one loads libavcodec
+    # (about 10 MiB with its kin). ALSA would keep it for good; the session lets it go, and
+    # the streams still work: they load only the plugin they use.
+    assert audio.portaudio is not None
+    assert audio.portaudio.devices()  # the session is up: the listing has happened
+    assert not _mapped("libasound_module_pcm_a52")
+    assert not _mapped("libavcodec")
+    speaker, recording = audio.speaker, pulse.recording
+    speaker.start()
+    start = recording.position
+    speaker.play(LEAD_IN, response=False)
+    answer = noise(0.5, seed=11)
+    speaker.play(answer.tobytes(), "item")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    await recording.until(start + RATE * 2)
+    _, score = find(answer, recording.samples(start, start + RATE * 2))
+    assert score > 0.999
+    assert _mapped("libasound_module_pcm_pulse")
+
+
+async def test_a_shared_portaudio_outlives_the_audio_built_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The runtime keeps one PortAudio for the process: a reload rebuilds the audio on it
+    # without listing the devices again.
+    loop = asyncio.get_running_loop()
+    with PortAudio() as portaudio:
+        portaudio.warm_up()
+        generation = portaudio.generation
+        for _ in range(2):
+            with open_audio(
+                settings(monkeypatch), service_input_rate=RATE, loop=loop, portaudio=portaudio
+            ) as audio:
+                audio.mic.start()
+                await asyncio.wait_for(audio.mic.next_chunk(), 10)
+        assert portaudio.generation == generation
+        assert portaudio.devices()  # still open
