@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.audio import Audio, Earcon, earcon, open_audio
+from appliance.audio import Audio, Earcon, Speaker, earcon, open_audio
 from appliance.audio.devices import PortAudio, PyAudioOutput
 from appliance.config import AudioSettings
 from appliance.errors import AudioDeviceError
-from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer
+from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer, SinkRecording
 
 RATE = 24000
 
@@ -68,6 +68,19 @@ async def audio(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Audio]:
         settings(monkeypatch, APPLIANCE_VOLUME="100"), service_input_rate=RATE, loop=loop
     ) as audio:
         yield audio
+
+
+async def heard_in_full(
+    answer: np.ndarray, speaker: Speaker, recording: SinkRecording, start: int
+) -> float:
+    """Play ``answer`` on the started speaker; how well the sink's recording from ``start``
+    matches it (1.0 = exactly)."""
+    speaker.play(LEAD_IN, response=False)
+    speaker.play(answer.tobytes(), "item")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    await recording.until(start + RATE * 2)
+    return find(answer, recording.samples(start, start + RATE * 2))[1]
 
 
 async def until(condition: Callable[[], bool], audio: Audio, within_s: float = 10) -> None:
@@ -304,14 +317,7 @@ async def test_a_remembered_device_that_no_longer_opens_is_chosen_afresh(
     speaker.start()
     assert speaker.format is not None
     assert speaker.format.rate == RATE
-    speaker.play(LEAD_IN, response=False)
-    answer = noise(0.5, seed=5)
-    speaker.play(answer.tobytes(), "item")
-    speaker.finish()
-    await asyncio.wait_for(speaker.drained.wait(), 10)
-    await recording.until(start + RATE * 2)
-    _, score = find(answer, recording.samples(start, start + RATE * 2))
-    assert score > 0.999
+    assert await heard_in_full(noise(0.5, seed=5), speaker, recording, start) > 0.999
     assert output._chosen[2] == RATE
 
 
@@ -334,16 +340,9 @@ async def test_the_plugins_portaudio_lists_devices_with_are_unloaded_again(
     assert not _mapped("libasound_module_pcm_a52")
     assert not _mapped("libavcodec")
     speaker, recording = audio.speaker, pulse.recording
-    speaker.start()
     start = recording.position
-    speaker.play(LEAD_IN, response=False)
-    answer = noise(0.5, seed=11)
-    speaker.play(answer.tobytes(), "item")
-    speaker.finish()
-    await asyncio.wait_for(speaker.drained.wait(), 10)
-    await recording.until(start + RATE * 2)
-    _, score = find(answer, recording.samples(start, start + RATE * 2))
-    assert score > 0.999
+    speaker.start()
+    assert await heard_in_full(noise(0.5, seed=11), speaker, recording, start) > 0.999
     assert _mapped("libasound_module_pcm_pulse")
 
 
