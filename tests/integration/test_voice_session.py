@@ -285,6 +285,12 @@ FAULTS: dict[str, tuple[Callable[[Any], Any], int | None, ErrorKind, str]] = {
     "close 1011": (lambda plan: plan.close(1011), 1011, ErrorKind.SERVICE, "failed"),
     "drop": (lambda plan: plan.drop(), 1006, ErrorKind.OFFLINE, "dropped"),
     "malformed frame": (lambda plan: plan.send_malformed(), None, ErrorKind.SERVICE, "invalid"),
+    "JSON but not an event": (
+        lambda plan: plan.send_malformed('["response.audio.delta"]'),
+        None,
+        ErrorKind.SERVICE,
+        "invalid",
+    ),
     "session expired": (lambda plan: plan.cap_duration(0), 1001, ErrorKind.OFFLINE, "1001"),
     "missed pong": (
         lambda plan: plan.stop_answering_pings(),
