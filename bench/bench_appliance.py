@@ -6,8 +6,16 @@ process, so only the appliance's own work is measured. The microphone hears turn
 into the mic sink in real time; the figures come from the appliance's own log lines
 (the same values it sends to journald as APPLIANCE_*_MS fields) and from /proc.
 
+A second, shorter conversation runs with the low-power setting the README describes
+(``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=40``) for its CPU and latency cost.
+
+The null sinks are kept awake by ``parec`` readers asking for BENCH_KEEPALIVE_MS (40, the
+appliance's own microphone period): a null sink hands its recorders a fragment as often as
+its most demanding reader asks, and a 10 ms reader would wake the appliance's microphone
+four times a period, which a real microphone does not do (see tests/fixtures/pulse.py).
+
 Knobs: BENCH_IDLE_S (30), BENCH_SILENT_S (30), BENCH_TALK_S (300), BENCH_TURNS (200),
-BENCH_PTT_TURNS (12).
+BENCH_PTT_TURNS (12), BENCH_LOW_POWER_TURNS (15), BENCH_KEEPALIVE_MS (40).
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ SILENT_S = float(os.environ.get("BENCH_SILENT_S", "30"))
 TALK_S = float(os.environ.get("BENCH_TALK_S", "300"))
 TURNS = int(os.environ.get("BENCH_TURNS", "200"))
 PTT_TURNS = int(os.environ.get("BENCH_PTT_TURNS", "12"))
+LOW_POWER_TURNS = int(os.environ.get("BENCH_LOW_POWER_TURNS", "15"))
+KEEPALIVE_MS = int(os.environ.get("BENCH_KEEPALIVE_MS", "40"))
+LOW_POWER = {"APPLIANCE_CHUNK_MS": "100", "APPLIANCE_PERIOD_MS": "40"}
 APPLIANCE = Path(sys.executable).with_name("appliance")
 TICK_S = os.sysconf("SC_CLK_TCK")
 KEY = "bench-key-0123456789abcdef"
@@ -167,14 +178,22 @@ class Talk:
     barge: list[float]
 
 
-def conversation(pulse: PulseServer, url: str, **extra: str) -> Talk:
+def conversation(
+    pulse: PulseServer,
+    url: str,
+    *,
+    turns_wanted: int = TURNS,
+    idle_s: float = IDLE_S,
+    **extra: str,
+) -> Talk:
     """Toggle mode: idle, connected and silent, a long talk with interruptions, 200 turns."""
     app = appliance(pulse, url, **extra)
     cpu: dict[str, float] = {}
     try:
         time.sleep(3)  # start-up settles (imports, PortAudio)
-        with cpu_percent(app, cpu, "idle, no conversation"):
-            time.sleep(IDLE_S)
+        if idle_s:
+            with cpu_percent(app, cpu, "idle, no conversation"):
+                time.sleep(idle_s)
         app.send("click")
         app.wait_line("state listening")
         time.sleep(2)
@@ -187,7 +206,7 @@ def conversation(pulse: PulseServer, url: str, **extra: str) -> Talk:
         rss_early = rss_late = 0.0
         talk_cpu_start, talk_wall = app.cpu_s(), time.monotonic()
         talk_cpu, talk_s = 0.0, 1.0
-        while turns < TURNS:
+        while turns < turns_wanted:
             turns += 1
             barge = turns % 5 == 0
             speech = [tone(1.0, 200 + 10 * (turns % 20)), quiet(1.2 if barge else 3.0)]
@@ -284,10 +303,14 @@ def lean_alsa_config(root: Path) -> Path:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as root, PulseServer(Path(root), record=False) as pulse:
+    with (
+        tempfile.TemporaryDirectory() as root,
+        PulseServer(Path(root), record=False, keepalive_ms=KEEPALIVE_MS) as pulse,
+    ):
         service, url = emulator(pulse.client_env())
         try:
             talk = conversation(pulse, url)
+            low = conversation(pulse, url, turns_wanted=LOW_POWER_TURNS, idle_s=0, **LOW_POWER)
             press = push_to_talk(pulse, url)
             lean = lean_memory(pulse, url, lean_alsa_config(Path(root)))
         finally:
@@ -302,14 +325,17 @@ def main() -> None:
             ],
             ["end of user speech (speech_stopped) -> answer at the speaker", *stats(talk.answers)],
             ["barge-in (speech_started or press) -> output callback silent", *stats(talk.barge)],
+            ["  the same with the low-power setting (40 ms periods)", *stats(low.barge)],
             ["press -> first mic audio sent, connection cold", *stats(press["cold"])],
             ["press -> first mic audio sent, connection warm", *stats(press["warm"])],
         ],
     )
     table(
-        "Appliance CPU (% of one core, whole process incl. PortAudio threads)",
+        "Appliance CPU (% of one core, whole process incl. PortAudio threads; "
+        f"null sinks kept awake at {KEEPALIVE_MS} ms)",
         ["phase", "CPU %"],
-        [[name, value] for name, value in talk.cpu.items()],
+        [[name, value] for name, value in talk.cpu.items()]
+        + [[f"low power: {name}", value] for name, value in low.cpu.items()],
     )
     table(
         "Appliance memory (MiB)",
