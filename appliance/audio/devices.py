@@ -368,6 +368,7 @@ class _Pump:
         self.handler: Callable[[Samples], None] | None = handler
         self.frames = frames
         self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
+        self.drop_requested = False  # set by the loop: discard what the device holds
         self.xruns = 0
         self.failure: str | None = None
         self.running = False
@@ -432,6 +433,12 @@ class _Pump:
         write, stream, frames, fill = pa.write_stream, self.stream._stream, self.frames, self.fill
         while self.running:
             try:
+                if self.drop_requested:
+                    # Aborting drops the device's buffer at once (ALSA: snd_pcm_drop; the
+                    # pulse plugin flushes the server's too); the stream then starts afresh.
+                    self.drop_requested = False
+                    pa.abort_stream(stream)
+                    pa.start_stream(stream)
                 write(stream, fill(), frames, True)
             except OSError as exc:
                 if _error_code(exc) == _OUTPUT_UNDERFLOWED:
@@ -470,6 +477,7 @@ class _PyAudioStream:
         # sound server), which would otherwise be paid again before every answer.
         self._chosen: tuple[int, DeviceInfo, int, int] | None = None
         self._past_xruns = 0
+        self._buffer_frames = 0
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
         )
@@ -567,6 +575,10 @@ class _PyAudioStream:
         try:
             with _quiet_stderr():
                 self._stream.start_stream()
+            if self.direction == "output":
+                # Nothing is written yet: all of the device's buffer is free. The device
+                # thread keeps it full, so this is also what a drop discards.
+                self._buffer_frames = self._stream.get_write_available()
             assert self._pump is not None
             self._pump.start()
         except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
@@ -610,6 +622,18 @@ class PyAudioOutput(_PyAudioStream):
     """A playback stream; its device thread has the speaker fill one preallocated period."""
 
     direction: Direction = "output"
+
+    def drop_buffered(self) -> int:
+        """Have the device thread discard the device's buffer after its current write.
+
+        Without this, a barge-in would still be heard for as long as that buffer lasts
+        (three periods on the ALSA pulse device) after the speaker goes silent.
+        """
+        pump = self._pump
+        if pump is None or not pump.running:
+            return 0
+        pump.drop_requested = True
+        return self._buffer_frames
 
 
 def device_table(portaudio: PortAudio) -> list[tuple[DeviceInfo, list[int], list[int]]]:

@@ -96,6 +96,12 @@ class OutputDevice(Protocol):
 
     def start(self) -> None: ...
 
+    def drop_buffered(self) -> int:
+        """Discard the audio the device holds but has not played yet (within a period).
+
+        Returns how many frames that is: what ``render`` filled that will not be heard.
+        """
+
     def stop(self) -> None: ...
 
     def failure(self) -> str | None: ...
@@ -619,13 +625,19 @@ class Speaker(_DeviceStream):
     def clear(self) -> Interrupted:
         """Barge-in: silence from the next device period on; drop everything queued.
 
-        Returns the newest response item and how much of it was handed to the device.
+        What the sound device still holds is discarded too, so the speaker itself goes
+        quiet within a period. Returns the newest response item and how much of it was
+        played: handed to the device and not discarded there.
         """
-        self._discard()
+        unheard = 0
+        if self._started and self._format is not None:
+            unheard = self._device.drop_buffered() * self._format.channels
+        self._discard(unheard)
         item = self._last_item
         return Interrupted(item, self.played_ms(item) if item is not None else 0)
 
-    def _discard(self) -> None:
+    def _discard(self, unheard: int = 0) -> None:
+        """Drop everything not yet handed to the device, and ``unheard`` samples of what was."""
         self._streaming = False
         self._want_feed = False
         self._cancel_finish()
@@ -634,7 +646,7 @@ class Speaker(_DeviceStream):
         if self._resampler is not None:
             self._resampler.reset()
         if self._ring is not None:
-            handed = self._ring.read_position
+            handed = self._ring.read_position - unheard
             for segment in self._segments:
                 if segment.end > handed:
                     segment.end = max(segment.start, handed)

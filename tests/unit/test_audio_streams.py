@@ -61,6 +61,9 @@ class CrankedOutput:
     def start(self) -> None:
         self.running = True
 
+    def drop_buffered(self) -> int:
+        return 0  # it holds nothing: each period is taken when the test cranks it
+
     def stop(self) -> None:
         self.running = False
 
