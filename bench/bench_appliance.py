@@ -186,7 +186,7 @@ def conversation(
     idle_s: float = IDLE_S,
     **extra: str,
 ) -> Talk:
-    """Toggle mode: idle, connected and silent, a long talk with interruptions, 200 turns."""
+    """Toggle mode: idle, connected and silent, then ``turns_wanted`` turns with interruptions."""
     app = appliance(pulse, url, **extra)
     cpu: dict[str, float] = {}
     try:
