@@ -360,6 +360,7 @@ class Appliance:
         while True:
             await self._can_stream.wait()
             chunk = await mic.next_chunk()
+            self.led.catch_up()
             if self.view is not None and self.view.live:
                 self.view.mic_level(mic.level.rms)
             if not self._can_stream.is_set():

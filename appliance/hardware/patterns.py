@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from appliance.state import LedPattern
 
-FADE_FPS = 20  # enough for a smooth pulse; each frame is one loop wake-up while responding
+FADE_FPS = 20  # enough for a smooth pulse (frames ride on the microphone's wake-ups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class Pattern:
     name: LedPattern
     look: str  # how it looks, for people (terminal view, README)
     steps: tuple[Step, ...]
+    # Drawn frame by frame: a frame shown a little late, or skipped, goes unnoticed (a blink
+    # does not: its count is the message).
+    fades: bool = False
 
     @property
     def steady(self) -> bool:
@@ -62,7 +65,7 @@ def pattern_for(name: LedPattern, *, pwm: bool = True, heartbeat: bool = False) 
     if name is LedPattern.LISTENING:
         return Pattern(name, "on", (Step(1.0, 0),))
     if name is LedPattern.RESPONDING:
-        return Pattern(name, "slow pulse", _pulse(2.0, pwm=pwm))
+        return Pattern(name, "slow pulse", _pulse(2.0, pwm=pwm), fades=pwm)
     if name is LedPattern.ERROR_RATE_LIMITED:
         return Pattern(name, "slow blink (rate limited)", (Step(1.0, 1.0), Step(0.0, 1.0)))
     count = {

@@ -207,6 +207,111 @@ async def test_a_led_without_pwm_falls_back_to_on_off() -> None:
                 await task
 
 
+class ManualClock:
+    """The running loop's clock, moved by the test: timers fire only when it says so."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.now = loop.time()
+        self._loop = loop
+
+    def __enter__(self) -> ManualClock:
+        self._loop.time = lambda: self.now  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        del self._loop.time  # back to the class's own clock
+
+
+async def test_a_fade_rides_on_other_wake_ups_and_goes_on_alone_when_they_stop(
+    factory: MockFactory,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with (
+        ManualClock(loop) as clock,
+        Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory) as controls,
+    ):
+        player = controls.led
+        fade = pattern_for(LedPattern.RESPONDING)
+        assert fade.fades
+        assert fade.steps[0].seconds == pytest.approx(0.05)  # the times below assume it
+        drawn: list[float] = []
+        new_frame = asyncio.Event()
+
+        def record(level: float) -> None:
+            drawn.append(level)
+            new_frame.set()
+
+        player.on_level = record
+        task = asyncio.create_task(player.run())
+        try:
+            player.show(LedPattern.RESPONDING)
+            await new_frame.wait()
+            # The microphone wakes the loop every 40 ms: each time, the frame due is drawn
+            # there and then, and the fade's own timer, always a frame ahead, never fires.
+            start = clock.now
+            for _ in range(9):
+                clock.now += 0.04
+                player.catch_up()
+                frame = int((clock.now - start) / 0.05)
+                assert drawn[-1] == fade.steps[frame].level  # drawn there and then
+                next_frame_at = player.next_frame_at
+                assert next_frame_at is not None
+                assert next_frame_at > clock.now + 0.04  # the fade's timer stays asleep
+                for _ in range(5):
+                    await asyncio.sleep(0)  # give a due timer every chance to fire
+            # 0.36 s in: frames 0 to 7 (0.35 s), each drawn once.
+            expected = [step.level for step in fade.steps[:8]]
+            assert drawn == expected
+            # The wake-ups stop: the fade draws the frame of the moment itself. Its timer
+            # was due a frame after frame 8 was (0.45 s), so that one went unseen.
+            new_frame.clear()
+            clock.now += 0.1
+            await new_frame.wait()
+            assert drawn == [*expected, fade.steps[9].level]
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_catching_up_does_nothing_to_blinks_or_steady_patterns(
+    factory: MockFactory,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with (
+        ManualClock(loop) as clock,
+        Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory) as controls,
+    ):
+        player = controls.led
+        player.catch_up()  # not running yet: nothing to draw
+        task = asyncio.create_task(player.run())
+        try:
+            # Each pattern's first level differs from the one before, so it can be awaited.
+            for name in (LedPattern.LISTENING, LedPattern.IDLE, LedPattern.ERROR_OFFLINE):
+                levels = await _levels(player, name, count=1)
+                clock.now += 0.3  # past the first blink: catching up must not skip it
+                player.catch_up()
+                assert player.level == levels[0]
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+def test_a_fade_held_up_skips_the_frames_it_missed() -> None:
+    from appliance.hardware.controls import _Frames
+
+    fade = pattern_for(LedPattern.RESPONDING)
+    frame_s = fade.steps[0].seconds
+    frames = _Frames(fade, start=100.0)
+    frames.advance(100.0 + 3.5 * frame_s)
+    assert frames.level == fade.steps[3].level
+    assert frames.next_due == pytest.approx(100.0 + 4 * frame_s)
+    # Held up for longer than a whole cycle (a suspended board): go on from now.
+    frames.advance(10_000.0)
+    assert frames.next_due == pytest.approx(10_000.0 + fade.steps[frames.index].seconds)
+
+
 def test_patterns() -> None:
     for name in LedPattern:
         pattern = pattern_for(name)
