@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -222,80 +224,76 @@ class ManualClock:
         del self._loop.time  # back to the class's own clock
 
 
-async def test_a_fade_rides_on_other_wake_ups_and_goes_on_alone_when_they_stop(
-    factory: MockFactory,
-) -> None:
+@contextlib.asynccontextmanager
+async def running_player(factory: MockFactory) -> AsyncIterator[tuple[ManualClock, LedPlayer]]:
+    """The LED player animating on a loop whose clock the test moves."""
     loop = asyncio.get_running_loop()
     with (
         ManualClock(loop) as clock,
         Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory) as controls,
     ):
-        player = controls.led
-        fade = pattern_for(LedPattern.RESPONDING)
-        assert fade.fades
-        assert fade.steps[0].seconds == pytest.approx(0.05)  # the times below assume it
-        drawn: list[float] = []
-        new_frame = asyncio.Event()
-
-        def record(level: float) -> None:
-            drawn.append(level)
-            new_frame.set()
-
-        player.on_level = record
-        task = asyncio.create_task(player.run())
+        task = asyncio.create_task(controls.led.run())
         try:
-            player.show(LedPattern.RESPONDING)
-            await new_frame.wait()
-            # The microphone wakes the loop every 40 ms: each time, the frame due is drawn
-            # there and then, and the fade's own timer, always a frame ahead, never fires.
-            start = clock.now
-            for _ in range(9):
-                clock.now += 0.04
-                player.catch_up()
-                frame = int((clock.now - start) / 0.05)
-                assert drawn[-1] == fade.steps[frame].level  # drawn there and then
-                next_frame_at = player.next_frame_at
-                assert next_frame_at is not None
-                assert next_frame_at > clock.now + 0.04  # the fade's timer stays asleep
-                for _ in range(5):
-                    await asyncio.sleep(0)  # give a due timer every chance to fire
-            # 0.36 s in: frames 0 to 7 (0.35 s), each drawn once.
-            expected = [step.level for step in fade.steps[:8]]
-            assert drawn == expected
-            # The wake-ups stop: the fade draws the frame of the moment itself. Its timer
-            # was due a frame after frame 8 was (0.45 s), so that one went unseen.
-            new_frame.clear()
-            clock.now += 0.1
-            await new_frame.wait()
-            assert drawn == [*expected, fade.steps[9].level]
+            yield clock, controls.led
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_a_fade_rides_on_other_wake_ups_and_goes_on_alone_when_they_stop(
+    factory: MockFactory,
+) -> None:
+    fade = pattern_for(LedPattern.RESPONDING)
+    assert fade.fades
+    assert fade.steps[0].seconds == pytest.approx(0.05)  # the times below assume it
+    drawn: list[float] = []
+    new_frame = asyncio.Event()
+
+    def record(level: float) -> None:
+        drawn.append(level)
+        new_frame.set()
+
+    async with running_player(factory) as (clock, player):
+        player.on_level = record
+        player.show(LedPattern.RESPONDING)
+        await new_frame.wait()
+        # Something wakes the loop every 45 ms (never on a frame's boundary, which floats
+        # would make a coin toss): each time, the frame due is drawn there and then, and
+        # the fade's own timer, always more than a wake-up ahead, never fires.
+        start = clock.now
+        for _ in range(9):
+            clock.now += 0.045
+            player.catch_up()
+            frame = int((clock.now - start) / 0.05)
+            assert drawn[-1] == fade.steps[frame].level  # drawn there and then
+            next_frame_at = player.next_frame_at
+            assert next_frame_at is not None
+            assert next_frame_at > clock.now + 0.045  # the fade's timer stays asleep
+            for _ in range(5):
+                await asyncio.sleep(0)  # give a due timer every chance to fire
+        # 0.405 s in: frames 0 to 8, each drawn once.
+        expected = [step.level for step in fade.steps[:9]]
+        assert drawn == expected
+        # The wake-ups stop: the fade draws the frame of the moment (0.505 s) itself. Its
+        # timer was due a frame after frame 9 was (0.5 s), so that one went unseen.
+        new_frame.clear()
+        clock.now += 0.1
+        await new_frame.wait()
+        assert drawn == [*expected, fade.steps[10].level]
 
 
 async def test_catching_up_does_nothing_to_blinks_or_steady_patterns(
     factory: MockFactory,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    with (
-        ManualClock(loop) as clock,
-        Controls(gpio(), loop=loop, on_event=Received(), pin_factory=factory) as controls,
-    ):
-        player = controls.led
-        player.catch_up()  # not running yet: nothing to draw
-        task = asyncio.create_task(player.run())
-        try:
-            # Each pattern's first level differs from the one before, so it can be awaited.
-            for name in (LedPattern.LISTENING, LedPattern.IDLE, LedPattern.ERROR_OFFLINE):
-                levels = await _levels(player, name, count=1)
-                clock.now += 0.3  # past the first blink: catching up must not skip it
-                player.catch_up()
-                assert player.level == levels[0]
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    LedPlayer(None, pwm=True, heartbeat=False).catch_up()  # not running: nothing to draw
+    async with running_player(factory) as (clock, player):
+        # Each pattern's first level differs from the one before, so it can be awaited.
+        for name in (LedPattern.LISTENING, LedPattern.IDLE, LedPattern.ERROR_OFFLINE):
+            levels = await _levels(player, name, count=1)
+            clock.now += 0.3  # past the first blink: catching up must not skip it
+            player.catch_up()
+            assert player.level == levels[0]
 
 
 def test_a_fade_held_up_skips_the_frames_it_missed() -> None:
