@@ -193,7 +193,9 @@ class LedPlayer:
         if now >= frames.next_due:
             frames.advance(now)
             self._write(frames.level)
-        timer.reschedule(frames.next_due + frames.frame_s)
+        deadline = frames.next_due + frames.frame_s
+        if timer.when() != deadline:
+            timer.reschedule(deadline)
 
 
 class _Frames:
