@@ -23,14 +23,15 @@ from appliance.audio import Audio, Microphone, Speaker, open_audio
 from appliance.audio.devices import _Pump
 from appliance.audio.ring import RingBuffer
 from appliance.config import AudioSettings
-from bench.report import median, table
-from tests.fixtures.pulse import PulseServer
+from bench.report import median, percentile, table
+from tests.fixtures.pulse import PulseServer, SinkRecording
 
 RATE = 24000
 FRAME = 480  # 20 ms at 24 kHz
 CALLBACKS = 10_000
 DUPLEX_S = float(os.environ.get("BENCH_AUDIO_SECONDS", "60"))
 IDLE_S = float(os.environ.get("BENCH_AUDIO_IDLE_SECONDS", "10"))
+HEARD_TURNS = int(os.environ.get("BENCH_AUDIO_HEARD_TURNS", "40"))
 
 
 def cpu_s() -> float:
@@ -168,6 +169,49 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
         ]
 
 
+async def answer_heard(
+    recording: SinkRecording, loop: asyncio.AbstractEventLoop, turns: int
+) -> list[list[object]]:
+    """From an answer's first delta, on a speaker stream playing silence, until it is heard.
+
+    Between turns the speaker stream keeps running and plays silence, as it does from the end
+    of the user's speech until the answer comes. "Heard" is when the answer's first sound
+    reached the recorder of the sink's monitor, at most its 10 ms latency after the sink
+    played it. When the device drops the silence it held, its stream starts afresh, and the
+    sink mixes it in by rewinding: a sound card plays that, but the monitor has recorded
+    the old mix and skips the first few ms of the answer. So this can be a few ms late.
+    """
+    t = np.arange(RATE // 10) / RATE
+    delta = (6000 * np.sin(2 * np.pi * 330 * t)).astype(np.int16)
+    handed_ms: list[float] = []
+    heard_ms: list[float] = []
+    settings = AudioSettings(APPLIANCE_VOLUME=100)
+    with open_audio(settings, service_input_rate=RATE, loop=loop) as audio:
+        speaker = audio.speaker
+        speaker.start()
+        for turn in range(turns):
+            # A quiet gap of varying length, so the answers land at every phase of a period.
+            await asyncio.sleep(0.3 + 0.2 * (turn % 7) / 7)
+            start = recording.position
+            sent_ns = time.monotonic_ns()
+            mark = speaker.play(delta, f"answer-{turn}")
+            speaker.play(delta, f"answer-{turn}")
+            speaker.finish()
+            await speaker.drained.wait()
+            await recording.until(recording.position + RATE // 5)
+            loud = np.flatnonzero(np.abs(recording.samples(start, recording.position)) > 1000)
+            handed_ns = speaker.handed_ns(mark)
+            heard_ns = recording.arrival_ns(start + int(loud[0])) if len(loud) else None
+            if handed_ns is None or heard_ns is None:
+                raise RuntimeError(f"turn {turn}: the answer was not played")
+            handed_ms.append((handed_ns - sent_ns) / 1e6)
+            heard_ms.append((heard_ns - sent_ns) / 1e6)
+    return [
+        ["handed to the device", median(handed_ms), percentile(handed_ms, 0.95)],
+        ["heard (at the sink's monitor)", median(heard_ms), percentile(heard_ms, 0.95)],
+    ]
+
+
 async def idle(seconds: float, loop: asyncio.AbstractEventLoop) -> list[object]:
     with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
         audio.mic.start()
@@ -237,6 +281,16 @@ async def run() -> None:
             f"Idle ({IDLE_S:.0f} s)",
             ["state", "wall s", "CPU % of a core"],
             [await idle(IDLE_S, loop)],
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-audio-") as root,
+        PulseServer(Path(root)) as pulse,
+    ):
+        os.environ.update(pulse.env)
+        table(
+            f"Answer after silence ({HEARD_TURNS} answers, 20 ms periods; ms from its first delta)",
+            ["answer's first sample", "median", "p95"],
+            await answer_heard(pulse.recording, loop, HEARD_TURNS),
         )
 
 
