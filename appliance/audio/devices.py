@@ -34,6 +34,7 @@ Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 
 CLOSE_TIMEOUT_S = 5.0
+_NEVER = 1 << 62  # more samples than any ring holds
 PREFERRED_RATE = 24000
 STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
@@ -351,6 +352,10 @@ class _Pump:
     stream (see ``scripts/bench audio``). The thread only moves samples between PortAudio
     and the handler, which is the microphone's or speaker's device-side callback.
 
+    An output pump also empties the device when it holds nothing but silence and sound
+    comes that can fill it again (see :meth:`_play`): an answer is then heard at once, not
+    after the silence the device buffered while the service was thinking.
+
     A new stream gets a new pump, so a stream that could not be closed (see
     :meth:`PortAudio.close_stream`) can never reach the microphone or speaker again.
     """
@@ -359,16 +364,20 @@ class _Pump:
         self,
         stream: Any,
         direction: Direction,
-        handler: Callable[[Samples], None],
+        handler: Callable[[Samples], int | None],
         frames: int,
         channels: int,
     ) -> None:
         self.stream = stream
         self.direction = direction
-        self.handler: Callable[[Samples], None] | None = handler
+        self.handler: Callable[[Samples], int | None] | None = handler
         self.frames = frames
+        self.channels = channels
         self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
         self.drop_requested = False  # set by the loop: discard what the device holds
+        # Output: how many frames the device buffers ahead of what it plays (set at start).
+        self.buffer_frames = 0
+        self.silence_skips = 0  # sound that started on an emptied device (see _play)
         self.xruns = 0
         self.failure: str | None = None
         self.running = False
@@ -378,7 +387,8 @@ class _Pump:
             daemon=True,
         )
 
-    def start(self) -> None:
+    def start(self, buffer_frames: int = 0) -> None:
+        self.buffer_frames = buffer_frames
         self.running = True
         self.thread.start()
 
@@ -398,14 +408,16 @@ class _Pump:
         if handler is not None:
             handler(np.frombuffer(data, dtype=np.int16))
 
-    def fill(self) -> Samples:
-        """One period to play: the speaker fills the preallocated buffer (every period)."""
+    def fill(self) -> int:
+        """One period to play: the speaker fills the preallocated buffer (every period).
+
+        Returns the samples of sound ready from this period on (0: it is silence).
+        """
         handler = self.handler
         if handler is None:
             self.buffer[:] = 0
-        else:
-            handler(self.buffer)
-        return self.buffer
+            return 0
+        return handler(self.buffer) or 0
 
     def _capture(self) -> None:
         from pyaudio import _portaudio as pa
@@ -431,21 +443,45 @@ class _Pump:
         from pyaudio import _portaudio as pa
 
         write, stream, frames, fill = pa.write_stream, self.stream._stream, self.frames, self.fill
+        buffer, buffer_periods = self.buffer, -(-self.buffer_frames // frames)
+        # Unknown buffer (0): never drop, as nothing says what the device holds.
+        buffer_samples = self.buffer_frames * self.channels or _NEVER
+        # Periods written since the last one with sound, and whether any was written since
+        # the device was last emptied: together, whether it holds nothing but silence.
+        silent, emptied = buffer_periods, True
         while self.running:
             try:
                 if self.drop_requested:
-                    # Aborting drops the device's buffer at once (ALSA: snd_pcm_drop; the
-                    # pulse plugin flushes the server's too); the stream then starts afresh.
                     self.drop_requested = False
-                    pa.abort_stream(stream)
-                    pa.start_stream(stream)
-                write(stream, fill(), frames, True)
+                    self._restart(pa, stream)
+                    silent, emptied = buffer_periods, True
+                ahead = fill()
+                if not ahead:
+                    silent += 1
+                else:
+                    if not emptied and silent >= buffer_periods and ahead >= buffer_samples:
+                        # The device holds only silence, which would be played before this
+                        # sound (an answer after the quiet while the service thought).
+                        # Dropping it has the sound heard a buffer sooner; there is enough
+                        # of it to fill the buffer again, so it is no likelier to run dry.
+                        self._restart(pa, stream)
+                        self.silence_skips += 1
+                    silent = 0
+                emptied = False
+                write(stream, buffer, frames, True)
             except OSError as exc:
                 if _error_code(exc) == _OUTPUT_UNDERFLOWED:
                     self.xruns += 1  # the period was written; a gap was heard before it
                     continue
                 self._failed(exc)
                 return
+
+    @staticmethod
+    def _restart(pa: Any, stream: Any) -> None:
+        # Aborting drops the device's buffer at once (ALSA: snd_pcm_drop; the pulse plugin
+        # flushes the server's too); the stream then starts afresh, empty.
+        pa.abort_stream(stream)
+        pa.start_stream(stream)
 
     def _failed(self, exc: OSError) -> None:
         if self.running:
@@ -477,6 +513,7 @@ class _PyAudioStream:
         # sound server), which would otherwise be paid again before every answer.
         self._chosen: tuple[int, DeviceInfo, int, int] | None = None
         self._past_xruns = 0
+        self._past_silence_skips = 0
         self._buffer_frames = 0
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
@@ -530,7 +567,7 @@ class _PyAudioStream:
             f"for 16-bit audio with {channels} channel(s)"
         )
 
-    def open(self, handler: Callable[[Samples], None]) -> StreamFormat:
+    def open(self, handler: Callable[[Samples], int | None]) -> StreamFormat:
         """Open the stream (not started) that will hand each period to ``handler``."""
         if self._stream is not None:
             raise RuntimeError(f"the {self.direction} stream is already open")
@@ -546,7 +583,7 @@ class _PyAudioStream:
         return stream_format
 
     def _open_with(
-        self, handler: Callable[[Samples], None], device: DeviceInfo, rate: int, channels: int
+        self, handler: Callable[[Samples], int | None], device: DeviceInfo, rate: int, channels: int
     ) -> StreamFormat:
         import pyaudio
 
@@ -580,7 +617,7 @@ class _PyAudioStream:
                 # thread keeps it full, so this is also what a drop discards.
                 self._buffer_frames = self._stream.get_write_available()
             assert self._pump is not None
-            self._pump.start()
+            self._pump.start(self._buffer_frames)
         except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
             self.stop()
             raise AudioDeviceError(
@@ -607,6 +644,7 @@ class _PyAudioStream:
             self._portaudio.close_stream(stream, pump)
         if pump is not None:
             self._past_xruns += pump.xruns
+            self._past_silence_skips += pump.silence_skips
 
     def close(self) -> None:
         self.stop()
@@ -622,6 +660,11 @@ class PyAudioOutput(_PyAudioStream):
     """A playback stream; its device thread has the speaker fill one preallocated period."""
 
     direction: Direction = "output"
+
+    @property
+    def silence_skips(self) -> int:
+        """Sounds that started on an emptied device instead of behind its buffered silence."""
+        return self._past_silence_skips + (self._pump.silence_skips if self._pump else 0)
 
     def drop_buffered(self) -> int:
         """Have the device thread discard the device's buffer after its current write.

@@ -83,6 +83,14 @@ class InputDevice(Protocol):
         """Stop, and release the device for good. Idempotent."""
 
 
+Render = Callable[[Samples], int]
+"""Fills one period of a preallocated array; returns the samples of sound ready from it on.
+
+That is the sound in the period plus what waits behind it, 0 for a period of silence. A
+device that keeps a buffer uses it to tell when that buffer holds nothing but silence.
+"""
+
+
 class OutputDevice(Protocol):
     """Something that plays audio; ``render`` fills a preallocated array once per period."""
 
@@ -92,7 +100,7 @@ class OutputDevice(Protocol):
     def xruns(self) -> int:
         """Periods the device itself flagged as underflowed."""
 
-    def open(self, render: Callable[[Samples], None]) -> StreamFormat: ...
+    def open(self, render: Render) -> StreamFormat: ...
 
     def start(self) -> None: ...
 
@@ -509,12 +517,12 @@ class Speaker(_DeviceStream):
 
     # ---- device side ---------------------------------------------------------------------
 
-    def _render(self, out: Samples) -> None:
+    def _render(self, out: Samples) -> int:
         try:
             ring = self._ring
             if ring is None:
                 out[:] = 0
-                return
+                return 0
             real = ring.read_into(out)
             if real < len(out) and (self._streaming or self._want_feed):
                 self.underruns += 1
@@ -526,9 +534,11 @@ class Speaker(_DeviceStream):
             ):
                 self._wake_pending = True
                 self._loop.call_soon_threadsafe(self._woken)
+            return real + ring.available() if real else 0
         except BaseException:  # noqa: BLE001 - never raise into the device thread
             self.callback_errors += 1
             out[:] = 0
+            return 0
 
     # ---- loop side -----------------------------------------------------------------------
 

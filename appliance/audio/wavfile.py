@@ -25,7 +25,7 @@ import numpy as np
 
 from appliance.audio.resample import Floats, convert, to_int16
 from appliance.audio.ring import Samples
-from appliance.audio.streams import SPEAKER_RATE, StreamFormat
+from appliance.audio.streams import SPEAKER_RATE, Render, StreamFormat
 from appliance.errors import ConfigError, ConfigProblem
 
 _PCM = 1
@@ -274,9 +274,9 @@ class WavOutput(_Paced):
         self.description = f"WAV speaker {str(path)!r}"
         self._writer = WavWriter(path, SPEAKER_RATE)
         self._buffer = np.zeros(self.period_frames, dtype=np.int16)
-        self._render: Callable[[Samples], None] | None = None
+        self._render: Render | None = None
 
-    def open(self, render: Callable[[Samples], None]) -> StreamFormat:
+    def open(self, render: Render) -> StreamFormat:
         self._render = render
         return StreamFormat(rate=self.rate, channels=1, period_frames=self.period_frames)
 

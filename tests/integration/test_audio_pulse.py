@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from appliance.errors import AudioDeviceError
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer, SinkRecording
 
 RATE = 24000
+REWINDLESS_SINK = "appliance_rewindless"
 
 # A null sink may swallow the first few ms of a new stream (it rewinds when the stream
 # starts): streams begin with silence where exact contents are compared.
@@ -134,6 +135,91 @@ async def test_playback_reaches_the_sink(audio: Audio, pulse: PulseServer) -> No
     assert score > 0.999
     assert list(recording.samples(start + offset, start + offset + len(answer))) == list(answer)
     assert speaker.underruns == 0
+
+
+@pytest.fixture(scope="module")
+def rewindless_recording(pulse: PulseServer) -> Iterator[SinkRecording]:
+    """What a second null sink played, one that never rewinds.
+
+    When a stream starts on a running sink, the sink mixes it into what it had rendered but
+    not yet played ("rewinds"), so that it is heard at once. A sound card plays the new
+    mix. A null sink's monitor has handed the old one to its recorders already, and skips
+    the new stream's first milliseconds instead. Without rewinds, the recording is what the
+    sink played, sample for sample, also when a stream starts afresh.
+    """
+    module = pulse.pactl(
+        "load-module",
+        "module-null-sink",
+        f"sink_name={REWINDLESS_SINK}",
+        f"rate={RATE}",
+        "channels=1",
+        "norewinds=1",
+    ).strip()
+    recording = SinkRecording(pulse.client_env(), REWINDLESS_SINK)
+    try:
+        recording.wait_until(RATE // 10, timeout=30)
+        yield recording
+    finally:
+        recording.close()
+        pulse.pactl("unload-module", module)
+
+
+@pytest.fixture
+async def speaker_device(
+    audio: Audio, rewindless_recording: SinkRecording, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Speaker, PyAudioOutput, SinkRecording]]:
+    """A speaker on the sink without rewinds, its device, and the sink's recording."""
+    assert audio.portaudio is not None
+    monkeypatch.setenv("PULSE_SINK", REWINDLESS_SINK)  # read by libpulse as a stream opens
+    device = PyAudioOutput(audio.portaudio)
+    with Speaker(device, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        yield speaker, device, rewindless_recording
+
+
+async def silence_played(speaker: Speaker, audio: Audio, periods: int = 10) -> None:
+    """Start ``speaker`` and wait until it has played ``periods`` periods of silence, which
+    leaves the sound device's buffer full of it (as between the user's turn and the answer)."""
+    audio.mic.start()
+    speaker.start()
+    await until(lambda: speaker.callbacks >= periods, audio)
+
+
+async def test_an_answer_after_silence_is_heard_in_full_without_the_silence_before_it(
+    audio: Audio, speaker_device: tuple[Speaker, PyAudioOutput, SinkRecording]
+) -> None:
+    speaker, device, recording = speaker_device
+    await silence_played(speaker, audio)
+    start = recording.position
+    answer = noise(0.5, seed=5)
+    for chunk in np.array_split(answer, 5):  # 100 ms deltas: more than the device buffers
+        speaker.play(chunk.tobytes(), "answer")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    # The device dropped the silence it held, once, and the answer lost nothing by it.
+    assert device.silence_skips == 1
+    await recording.until(start + RATE * 2)
+    offset, score = find(answer, recording.samples(start, start + RATE * 2))
+    assert score > 0.999
+    assert list(recording.samples(start + offset, start + offset + len(answer))) == list(answer)
+    assert speaker.played_ms("answer") == 500
+    assert speaker.underruns == 0
+
+
+async def test_a_sound_too_short_to_refill_the_device_plays_behind_its_silence(
+    audio: Audio, speaker_device: tuple[Speaker, PyAudioOutput, SinkRecording]
+) -> None:
+    speaker, device, recording = speaker_device
+    await silence_played(speaker, audio)
+    start = recording.position
+    blip = noise(0.03, seed=6)  # less than the device's three periods
+    speaker.play(blip.tobytes(), "answer")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    # Dropping the silence would leave the device nearly empty: it is played as it is.
+    assert device.silence_skips == 0
+    await recording.until(start + RATE)
+    offset, _ = find(blip, recording.samples(start, start + RATE))
+    assert list(recording.samples(start + offset, start + offset + len(blip))) == list(blip)
 
 
 async def test_speaker_conversion_at_44100_keeps_a_tone(

@@ -20,6 +20,7 @@ import pytest
 from appliance.audio import Earcon, Microphone, Speaker, StreamFormat, earcon
 from appliance.audio.resample import volume_to_gain
 from appliance.audio.ring import Samples
+from appliance.audio.streams import Render
 from appliance.errors import AudioDeviceError
 
 RATE = 24000
@@ -48,11 +49,12 @@ class CrankedOutput:
 
     def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
         self.format = StreamFormat(rate, channels, period)
-        self.render: Callable[[Samples], None] | None = None
+        self.render: Render | None = None
+        self.ready = 0  # what the last period's render said was ready from it on
         self.running = False
         self.fail_open: str | None = None
 
-    def open(self, render: Callable[[Samples], None]) -> StreamFormat:
+    def open(self, render: Render) -> StreamFormat:
         if self.fail_open:
             raise AudioDeviceError(self.fail_open)
         self.render = render
@@ -77,7 +79,7 @@ class CrankedOutput:
         assert self.render is not None
         assert self.running
         out = np.full(self.format.period_frames * self.format.channels, 12345, dtype=np.int16)
-        self.render(out)
+        self.ready = self.render(out)
         return out.copy()
 
     def periods(self, count: int) -> Samples:
@@ -149,6 +151,20 @@ async def test_plays_queued_audio_in_order_then_silence(
     played = output.periods(3)
     assert list(played[:1000]) == list(audio)
     assert not played[1000:].any()
+
+
+async def test_each_period_tells_the_device_how_much_sound_is_ready_from_it_on(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    # A device with a buffer (see PyAudioOutput) uses this to tell when it holds only silence.
+    output.period()
+    assert output.ready == 0
+    speaker.play(ramp(1000), "item")
+    readiness = []
+    for _ in range(4):
+        output.period()
+        readiness.append(output.ready)
+    assert readiness == [1000, 1000 - PERIOD, 1000 - 2 * PERIOD, 0]
 
 
 async def test_never_drops_an_answer_longer_than_the_ring(
@@ -399,7 +415,7 @@ async def test_status_reports_liveness(speaker: Speaker, output: CrankedOutput) 
     assert status.period_ms == 20
 
 
-def retained_bytes(call: Callable[[], None], count: int) -> int:
+def retained_bytes(call: Callable[[], object], count: int) -> int:
     """Bytes still allocated by the callback path after ``count`` calls (after a warm-up).
 
     Only blocks allocated in the files the callbacks run through, on a stack that passes
