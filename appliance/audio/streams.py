@@ -168,6 +168,14 @@ class _CallbackLog:
         row[2] = time.monotonic_ns()
         self.count += 1
 
+    def sound_in_last(self, callbacks: int) -> int:
+        """Samples of sound the last ``callbacks`` callbacks moved (silence not counted)."""
+        count = self.count
+        total = 0
+        for index in range(max(0, count - min(callbacks, LOG_LENGTH)), count):
+            total += int(self.records[index % LOG_LENGTH, 1])
+        return total
+
     def last_ns(self) -> int:
         if self.count == 0:
             return 0
@@ -640,8 +648,15 @@ class Speaker(_DeviceStream):
         played: handed to the device and not discarded there.
         """
         unheard = 0
-        if self._started and self._format is not None:
-            unheard = self._device.drop_buffered() * self._format.channels
+        fmt = self._format
+        if self._started and fmt is not None:
+            held = self._device.drop_buffered()
+            if held:
+                # The device holds at most the periods it was handed last; of those, only
+                # their sound was counted as played (silence from an underrun or from
+                # before the answer was not), so only that is taken back.
+                periods = -(-held // fmt.period_frames)
+                unheard = min(held * fmt.channels, self._log.sound_in_last(periods))
         self._discard(unheard)
         item = self._last_item
         return Interrupted(item, self.played_ms(item) if item is not None else 0)

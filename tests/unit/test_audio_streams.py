@@ -214,6 +214,36 @@ async def test_clear_silences_the_next_period_and_reports_what_was_heard(
     assert speaker.played_ms("item_b") == 20
 
 
+class BufferingOutput(CrankedOutput):
+    """A cranked output that, like a sound card, still holds its last three periods."""
+
+    held_periods = 3
+
+    def drop_buffered(self) -> int:
+        return self.held_periods * self.format.period_frames
+
+
+@pytest.mark.parametrize(
+    ("sound_periods", "silent_periods", "played_ms"),
+    [
+        (10, 0, 140),  # three periods of sound were still in the device: not heard
+        (10, 1, 160),  # one of the three held periods was silence after the sound ran out
+        (2, 5, 40),  # the device held only silence: all of the sound was heard
+    ],
+)
+async def test_clear_takes_back_only_the_sound_the_device_still_held(
+    sound_periods: int, silent_periods: int, played_ms: int
+) -> None:
+    output = BufferingOutput()
+    with Speaker(output, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        speaker.start()
+        speaker.play(ramp(sound_periods * PERIOD), "item")
+        output.periods(sound_periods + silent_periods)
+        cut = speaker.clear()
+        assert cut.played_ms == played_ms
+        assert speaker.played_ms("item") == played_ms
+
+
 async def test_played_ms_counts_only_what_the_device_was_handed(
     speaker: Speaker, output: CrankedOutput
 ) -> None:
