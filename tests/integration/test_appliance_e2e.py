@@ -62,11 +62,15 @@ async def test_toggle_conversation_of_two_turns(
     mic = write_wav(
         tmp_path / "mic.wav", quiet(300), tone(1200, 220), quiet(2600), tone(1000, 330), quiet(8000)
     )
+    # Connecting lasts a few blinks (session.created and session.updated come 0.15 s late),
+    # however fast the machine: a connection made within one blink would show none.
+    handshake = emulator.faults.next_connection().delay_events(0.15)
     app = await launch(emulator.url, mic)
     await app.expect("state idle")
     await app.send("click")
     await app.expect("state connecting")
     await app.expect("state listening")
+    handshake.delay_events(0)
     await app.expect("state responding")
     await app.expect("assistant: I heard")
     await app.expect("state listening")
