@@ -176,31 +176,39 @@ async def speaker_device(
         yield speaker, device, rewindless_recording
 
 
-async def silence_played(speaker: Speaker, audio: Audio, periods: int = 10) -> None:
-    """Start ``speaker`` and wait until it has played ``periods`` periods of silence, which
-    leaves the sound device's buffer full of it (as between the user's turn and the answer)."""
+async def answered_after_silence(
+    audio: Audio, speaker: Speaker, recording: SinkRecording, deltas: list[np.ndarray]
+) -> np.ndarray:
+    """Start ``speaker``, let it play ten periods of silence (which leaves the sound device's
+    buffer full of it, as between the user's turn and the answer), then ``deltas`` as one
+    answer. Returns what the sink played from just before the answer on."""
     audio.mic.start()
     speaker.start()
-    await until(lambda: speaker.callbacks >= periods, audio)
+    await until(lambda: speaker.callbacks >= 10, audio)
+    start = recording.position
+    for delta in deltas:
+        speaker.play(delta.tobytes(), "answer")
+    speaker.finish()
+    await asyncio.wait_for(speaker.drained.wait(), 10)
+    await recording.until(start + RATE * 2)
+    return recording.samples(start, start + RATE * 2)
+
+
+def played_exactly(samples: np.ndarray, recorded: np.ndarray) -> bool:
+    offset, _ = find(samples, recorded)
+    return list(recorded[offset : offset + len(samples)]) == list(samples)
 
 
 async def test_an_answer_after_silence_is_heard_in_full_without_the_silence_before_it(
     audio: Audio, speaker_device: tuple[Speaker, PyAudioOutput, SinkRecording]
 ) -> None:
     speaker, device, recording = speaker_device
-    await silence_played(speaker, audio)
-    start = recording.position
     answer = noise(0.5, seed=5)
-    for chunk in np.array_split(answer, 5):  # 100 ms deltas: more than the device buffers
-        speaker.play(chunk.tobytes(), "answer")
-    speaker.finish()
-    await asyncio.wait_for(speaker.drained.wait(), 10)
+    # 100 ms deltas: more than the device buffers
+    recorded = await answered_after_silence(audio, speaker, recording, np.array_split(answer, 5))
     # The device dropped the silence it held, once, and the answer lost nothing by it.
     assert device.silence_skips == 1
-    await recording.until(start + RATE * 2)
-    offset, score = find(answer, recording.samples(start, start + RATE * 2))
-    assert score > 0.999
-    assert list(recording.samples(start + offset, start + offset + len(answer))) == list(answer)
+    assert played_exactly(answer, recorded)
     assert speaker.played_ms("answer") == 500
     assert speaker.underruns == 0
 
@@ -209,17 +217,11 @@ async def test_a_sound_too_short_to_refill_the_device_plays_behind_its_silence(
     audio: Audio, speaker_device: tuple[Speaker, PyAudioOutput, SinkRecording]
 ) -> None:
     speaker, device, recording = speaker_device
-    await silence_played(speaker, audio)
-    start = recording.position
     blip = noise(0.03, seed=6)  # less than the device's three periods
-    speaker.play(blip.tobytes(), "answer")
-    speaker.finish()
-    await asyncio.wait_for(speaker.drained.wait(), 10)
+    recorded = await answered_after_silence(audio, speaker, recording, [blip])
     # Dropping the silence would leave the device nearly empty: it is played as it is.
     assert device.silence_skips == 0
-    await recording.until(start + RATE)
-    offset, _ = find(blip, recording.samples(start, start + RATE))
-    assert list(recording.samples(start + offset, start + offset + len(blip))) == list(blip)
+    assert played_exactly(blip, recorded)
 
 
 async def test_speaker_conversion_at_44100_keeps_a_tone(
