@@ -1,4 +1,4 @@
-"""Audio hot path: ring cost, allocations per callback, full-duplex CPU and xruns.
+"""Audio hot path: ring cost, allocations per callback, full-duplex CPU and stream health.
 
 Runs on a private PulseAudio server with null devices (tests/fixtures/pulse.py), so it
 works without a sound card. Environment knobs: BENCH_AUDIO_SECONDS (default 60) for the
@@ -120,6 +120,19 @@ async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[obj
     return rows
 
 
+async def drained(speaker: Speaker, audio_s: float) -> None:
+    """Wait until the speaker has played what it was given (``audio_s`` of it at most)."""
+    try:
+        async with asyncio.timeout(audio_s + 30):
+            await speaker.drained.wait()
+    except TimeoutError:
+        status = speaker.status()
+        raise RuntimeError(
+            f"the speaker did not finish playing: {status.failure or 'no failure reported'} "
+            f"({status.callbacks} periods played)"
+        ) from None
+
+
 async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop) -> list[object]:
     settings = AudioSettings(APPLIANCE_PERIOD_MS=period_ms, APPLIANCE_VOLUME=100)
     audio: Audio
@@ -143,7 +156,7 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
                 speaker.play(delta, "answer")
                 await asyncio.sleep(0.05)
             speaker.finish()
-            await speaker.drained.wait()
+            await drained(speaker, seconds)
 
         wall, cpu = time.monotonic(), cpu_s()
         async with asyncio.TaskGroup() as group:
@@ -152,7 +165,6 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
             sender.cancel()
         wall, cpu = time.monotonic() - wall, cpu_s() - cpu
         mic_status, speaker_status = mic.status(), speaker.status()
-        mic_xruns, speaker_xruns = mic.device_xruns, speaker.device_xruns
         expected_in = wall * 1000 / (mic_status.period_ms or period_ms)
         expected_out = wall * 1000 / period_ms
         return [
@@ -162,7 +174,7 @@ async def duplex(period_ms: int, seconds: float, loop: asyncio.AbstractEventLoop
             speaker.underruns,
             mic.overruns,
             round(mic.dropped_ms),
-            f"{mic_xruns}/{speaker_xruns}",
+            f"{mic_status.healthy}/{speaker_status.healthy}",
             f"{mic_status.callbacks / expected_in:.3f}/"
             f"{speaker_status.callbacks / expected_out:.3f}",
             sent // 2 // RATE,
@@ -197,7 +209,7 @@ async def answer_heard(
             mark = speaker.play(delta, f"answer-{turn}")
             speaker.play(delta, f"answer-{turn}")
             speaker.finish()
-            await speaker.drained.wait()
+            await drained(speaker, 1.0)
             await recording.until(recording.position + RATE // 5)
             loud = np.flatnonzero(np.abs(recording.samples(start, recording.position)) > 1000)
             handed_ns = speaker.handed_ns(mark)
@@ -271,7 +283,7 @@ async def run() -> None:
                 "speaker underruns",
                 "mic overruns",
                 "mic dropped ms",
-                "PortAudio xruns in/out",
+                "streams healthy in/out",
                 "callbacks / expected in/out",
                 "mic s sent",
             ],

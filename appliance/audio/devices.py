@@ -43,8 +43,6 @@ _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
 _UNSUPPORTED_FORMAT = {-9994, -9997, -9998}  # sample format, sample rate, channel count
 
 # PortAudio error codes worth a sentence of their own.
-_INPUT_OVERFLOWED = -9981
-_OUTPUT_UNDERFLOWED = -9980
 _PA_ERRORS = {
     -9985: "the device is busy or unavailable (is another program using it?)",
     -9993: "the device cannot be opened (unplugged, or its sound server is not running)",
@@ -378,7 +376,6 @@ class _Pump:
         # Output: how many frames the device buffers ahead of what it plays (set at start).
         self.buffer_frames = 0
         self.silence_skips = 0  # sound that started on an emptied device (see _play)
-        self.xruns = 0
         self.failure: str | None = None
         self.running = False
         self.thread = threading.Thread(
@@ -430,11 +427,9 @@ class _Pump:
         )
         while self.running:
             try:
-                data = read(stream, frames, True)
+                # Not raising on an overflow: PyAudio closes the stream when it raises one.
+                data = read(stream, frames, False)
             except OSError as exc:
-                if _error_code(exc) == _INPUT_OVERFLOWED:
-                    self.xruns += 1  # PyAudio drops the period it read after an overflow
-                    continue
                 self._failed(exc)
                 return
             deliver(data)
@@ -468,11 +463,9 @@ class _Pump:
                         self.silence_skips += 1
                     silent = 0
                 emptied = False
-                write(stream, buffer, frames, True)
+                # Not raising on an underflow: PyAudio closes the stream when it raises one.
+                write(stream, buffer, frames, False)
             except OSError as exc:
-                if _error_code(exc) == _OUTPUT_UNDERFLOWED:
-                    self.xruns += 1  # the period was written; a gap was heard before it
-                    continue
                 self._failed(exc)
                 return
 
@@ -512,17 +505,11 @@ class _PyAudioStream:
         # session: choosing probes the device a few times (each probe opens it through the
         # sound server), which would otherwise be paid again before every answer.
         self._chosen: tuple[int, DeviceInfo, int, int] | None = None
-        self._past_xruns = 0
         self._past_silence_skips = 0
         self._buffer_frames = 0
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
         )
-
-    @property
-    def xruns(self) -> int:
-        """Periods PortAudio flagged as underflowed or overflowed, over all streams."""
-        return self._past_xruns + (self._pump.xruns if self._pump is not None else 0)
 
     def _choose(self) -> tuple[DeviceInfo, int, int]:
         try:
@@ -643,7 +630,6 @@ class _PyAudioStream:
         if stream is not None:
             self._portaudio.close_stream(stream, pump)
         if pump is not None:
-            self._past_xruns += pump.xruns
             self._past_silence_skips += pump.silence_skips
 
     def close(self) -> None:

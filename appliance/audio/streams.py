@@ -60,10 +60,6 @@ class InputDevice(Protocol):
 
     description: str
 
-    @property
-    def xruns(self) -> int:
-        """Periods the device itself flagged as overflowed."""
-
     def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
         """Open a stream (not started); ``capture`` gets interleaved int16 frames per period.
 
@@ -95,10 +91,6 @@ class OutputDevice(Protocol):
     """Something that plays audio; ``render`` fills a preallocated array once per period."""
 
     description: str
-
-    @property
-    def xruns(self) -> int:
-        """Periods the device itself flagged as underflowed."""
 
     def open(self, render: Render) -> StreamFormat: ...
 
@@ -447,11 +439,6 @@ class Microphone(_DeviceStream):
     def callbacks(self) -> int:
         return self._log.count
 
-    @property
-    def device_xruns(self) -> int:
-        """Periods the device itself flagged as overflowed (audio lost before our callback)."""
-        return self._device.xruns
-
     def capture_log(self) -> npt.NDArray[np.int64]:
         """Per callback: (samples captured so far, samples in it, time.monotonic_ns())."""
         return self._log.snapshot()
@@ -780,8 +767,3 @@ class Speaker(_DeviceStream):
     @property
     def callbacks(self) -> int:
         return self._log.count
-
-    @property
-    def device_xruns(self) -> int:
-        """Periods the device itself flagged as underflowed (it played a gap)."""
-        return self._device.xruns

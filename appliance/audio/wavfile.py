@@ -185,7 +185,6 @@ class _Paced:
         self._started_at = 0.0
         self._done = 0  # samples moved since the start
         self._failure: str | None = None
-        self.xruns = 0
 
     def start(self) -> None:
         if self._timer is not None:

@@ -224,6 +224,29 @@ async def test_a_sound_too_short_to_refill_the_device_plays_behind_its_silence(
     assert played_exactly(blip, recorded)
 
 
+async def test_a_device_that_ran_dry_keeps_playing(audio: Audio) -> None:
+    assert audio.portaudio is not None
+    device = PyAudioOutput(audio.portaudio)
+    periods = 0
+
+    def render(out: np.ndarray) -> int:
+        nonlocal periods
+        periods += 1
+        out[:] = 0
+        if periods == 5:
+            time.sleep(0.3)  # longer than the device's buffer lasts: it underruns
+        return 0
+
+    audio.mic.start()
+    device.open(render)
+    try:
+        device.start()
+        await until(lambda: periods >= 40 or device.failure() is not None, audio)
+        assert device.failure() is None
+    finally:
+        device.stop()
+
+
 async def test_speaker_conversion_at_44100_keeps_a_tone(
     monkeypatch: pytest.MonkeyPatch, pulse: PulseServer
 ) -> None:

@@ -45,7 +45,6 @@ class CrankedOutput:
     """An output device whose periods happen when the test calls :meth:`period`."""
 
     description = "cranked output"
-    xruns = 0
 
     def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
         self.format = StreamFormat(rate, channels, period)
@@ -90,7 +89,6 @@ class CrankedInput:
     """An input device whose periods are pushed by the test."""
 
     description = "cranked input"
-    xruns = 0
 
     def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
         self.format = StreamFormat(rate, channels, period)
