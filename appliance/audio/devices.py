@@ -34,7 +34,6 @@ Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 
 CLOSE_TIMEOUT_S = 5.0
-_NEVER = 1 << 62  # more samples than any ring holds
 PREFERRED_RATE = 24000
 STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
@@ -439,8 +438,9 @@ class _Pump:
 
         write, stream, frames, fill = pa.write_stream, self.stream._stream, self.frames, self.fill
         buffer, buffer_periods = self.buffer, -(-self.buffer_frames // frames)
-        # Unknown buffer (0): never drop, as nothing says what the device holds.
-        buffer_samples = self.buffer_frames * self.channels or _NEVER
+        buffer_samples = self.buffer_frames * self.channels
+        # Without a known buffer nothing says what the device holds: never drop it then.
+        may_skip = buffer_samples > 0
         # Periods written since the last one with sound, and whether any was written since
         # the device was last emptied: together, whether it holds nothing but silence.
         silent, emptied = buffer_periods, True
@@ -454,7 +454,12 @@ class _Pump:
                 if not ahead:
                     silent += 1
                 else:
-                    if not emptied and silent >= buffer_periods and ahead >= buffer_samples:
+                    if (
+                        may_skip
+                        and not emptied
+                        and silent >= buffer_periods
+                        and ahead >= buffer_samples
+                    ):
                         # The device holds only silence, which would be played before this
                         # sound (an answer after the quiet while the service thought).
                         # Dropping it has the sound heard a buffer sooner; there is enough
