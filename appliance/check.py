@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import TextIO
 
 from appliance.config import Settings, permission_warnings
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, SoundServerHung
 
 
 class Outcome(StrEnum):
@@ -82,6 +82,13 @@ async def _check_stream(settings: Settings, direction: str) -> Result:
                 status = stream.status()
             finally:
                 stream.stop()
+    except SoundServerHung as exc:
+        return Result(
+            name,
+            Outcome.FAIL,
+            str(exc),
+            "the sound server (PulseAudio or PipeWire) hangs: restart it, or the device",
+        )
     except ApplianceError as exc:
         return Result(
             name,

@@ -54,6 +54,10 @@ class AudioDeviceError(ApplianceError):
     kind = ErrorKind.DEVICE
 
 
+class SoundServerHung(AudioDeviceError):
+    """A PortAudio call did not return in time: the sound server (PulseAudio, PipeWire) hangs."""
+
+
 class ServiceError(ApplianceError):
     """Voice Live refused or failed. ``kind`` tells offline, auth and rate limiting apart.
 

@@ -18,22 +18,27 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from appliance.audio.ring import Samples
 from appliance.audio.streams import StreamFormat
-from appliance.errors import AudioDeviceError
+from appliance.errors import AudioDeviceError, SoundServerHung
 
 log = logging.getLogger(__name__)
 
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 
-CLOSE_TIMEOUT_S = 5.0
+# How long the loop waits for a PortAudio call that talks to the sound server (opening,
+# starting, probing or closing a stream), and for PortAudio's start-up, which opens every
+# ALSA device to list them. Normally a few milliseconds and well under a second.
+CALL_TIMEOUT_S = 5.0
+INIT_TIMEOUT_S = 15.0
 PREFERRED_RATE = 24000
 STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
@@ -102,6 +107,9 @@ def _error_code(exc: BaseException) -> int | None:
     return next((a for a in exc.args[:2] if isinstance(a, int)), None)
 
 
+_T = TypeVar("_T")
+
+
 def _describe_os_error(exc: BaseException) -> str:
     code = _error_code(exc)
     text = next((a for a in exc.args if isinstance(a, str)), str(exc))
@@ -113,11 +121,20 @@ def _describe_os_error(exc: BaseException) -> str:
 class PortAudio:
     """The process's PortAudio session, shared by the microphone and the speaker."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, call_timeout_s: float = CALL_TIMEOUT_S, init_timeout_s: float = INIT_TIMEOUT_S
+    ) -> None:
         self._pa: Any = None
         self.generation = 0  # counts PortAudio sessions: device indices hold within one
         self._open_streams = 0
-        self.abandoned_streams = 0  # streams whose close hung (see close_stream)
+        self.call_timeout_s = call_timeout_s
+        self.init_timeout_s = init_timeout_s
+        # The call the loop gave up waiting for, while it has not returned (see _bounded),
+        # and the streams to close once it has. Helper threads change these and the
+        # count of open streams, under the lock.
+        self._hung: tuple[str, float] | None = None
+        self._closes_after_hang: list[tuple[Any, _Pump | None]] = []
+        self._lock = threading.Lock()
         self._closed = False
         # PortAudio's JACK backend would otherwise try to start a JACK server.
         os.environ.setdefault("JACK_NO_START_SERVER", "1")
@@ -129,8 +146,12 @@ class PortAudio:
             import pyaudio
 
             try:
-                with _quiet_stderr():
-                    self._pa = pyaudio.PyAudio()
+                self._pa = self._bounded(
+                    "initialising PortAudio",
+                    pyaudio.PyAudio,
+                    if_late=lambda late: late.terminate(),
+                    timeout_s=self.init_timeout_s,
+                )
                 self.generation += 1
             except OSError as exc:
                 raise AudioDeviceError(
@@ -138,6 +159,110 @@ class PortAudio:
                 ) from exc
             _release_alsa_plugins()
         return self._pa
+
+    @property
+    def open_streams(self) -> int:
+        """Streams opened and not yet closed (a close that waits for a hung server counts)."""
+        return self._open_streams
+
+    @property
+    def hung(self) -> str | None:
+        """The PortAudio call that has not returned although the loop gave up on it, if any."""
+        hung = self._hung
+        if hung is None:
+            return None
+        what, since = hung
+        return f"{what} has not returned for {time.monotonic() - since:.0f} s"
+
+    def _bounded(
+        self,
+        what: str,
+        call: Callable[[], _T],
+        *,
+        if_late: Callable[[_T], object] | None = None,
+        timeout_s: float | None = None,
+    ) -> _T:
+        """Run a PortAudio call that may talk to the sound server, waiting for it a bounded time.
+
+        A sound server that hangs (PulseAudio or PipeWire stopped or deadlocked) makes the
+        ALSA ``pulse`` plugin wait for it for ever, in whatever PortAudio call is running.
+        The loop must not hang with it, or nothing would answer the button again: the call
+        runs on a helper thread, and after ``timeout_s`` the loop gives up on it with an
+        AudioDeviceError. While it has not returned, every further call fails at once:
+        PortAudio's calls must not overlap, and the next one would only hang as well. When
+        it returns at last, ``if_late`` gets what it returned (to release a stream opened
+        for nobody), the streams whose close had to wait are closed, and audio works again.
+        """
+        if self._hung is not None:
+            raise SoundServerHung(f"the sound system does not answer: {self.hung}")
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        handoff = threading.Lock()
+        returned = threading.Event()
+        outcome: list[tuple[bool, Any]] = []
+        given_up = False
+
+        def run() -> None:
+            result: tuple[bool, Any]
+            try:
+                result = (True, call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting loop
+                result = (False, exc)
+            with handoff:
+                if not given_up:
+                    outcome.append(result)
+                    returned.set()
+                    return
+            self._after_hang(what, result, if_late)
+
+        threading.Thread(target=run, name="portaudio-call", daemon=True).start()
+        with _quiet_stderr():  # PortAudio's probing chatter; not around our own logging
+            finished = returned.wait(timeout_s)
+        if not finished:
+            with handoff:
+                if not outcome:
+                    given_up = True
+                    with self._lock:
+                        self._hung = (what, time.monotonic() - timeout_s)
+            if given_up:
+                log.error(
+                    "%s did not return within %.0f s: the sound server hangs. Audio fails "
+                    "until it answers again.",
+                    what,
+                    timeout_s,
+                )
+                raise SoundServerHung(
+                    f"the sound system does not answer ({what} did not return within "
+                    f"{timeout_s:g} s)"
+                )
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _after_hang(
+        self,
+        what: str,
+        result: tuple[bool, Any],
+        if_late: Callable[[Any], object] | None,
+    ) -> None:
+        """On the helper thread, once a call the loop gave up on has returned after all."""
+        ok, value = result
+        if ok and if_late is not None:
+            try:
+                if_late(value)
+            except OSError as exc:
+                log.debug("releasing what %s made: %s", what, exc)
+        while True:
+            with self._lock:
+                if not self._closes_after_hang:
+                    seconds = time.monotonic() - self._hung[1] if self._hung else 0.0
+                    self._hung = None
+                    break
+                stream, pump = self._closes_after_hang.pop()
+            self._abort_and_close(stream, pump)
+            with self._lock:
+                self._open_streams -= 1
+        log.warning("%s returned after %.0f s: the sound server answers again", what, seconds)
 
     def warm_up(self) -> None:
         """Initialise PortAudio now (it takes a moment) rather than at the first start()."""
@@ -148,11 +273,10 @@ class PortAudio:
 
     def refresh(self) -> bool:
         """Enumerate devices afresh (after a USB device came or went); only with no stream open."""
-        if self._open_streams or self.abandoned_streams or self._pa is None:
+        if self._open_streams or self._hung is not None or self._pa is None:
             return self._pa is None
-        with _quiet_stderr():
-            self._pa.terminate()
-        self._pa = None
+        pa, self._pa = self._pa, None
+        self._bounded("ending PortAudio", pa.terminate)
         return True
 
     def devices(self) -> list[DeviceInfo]:
@@ -210,28 +334,36 @@ class PortAudio:
         )
 
     def accepts(self, device: DeviceInfo, direction: Direction, rate: int, channels: int) -> bool:
+        """Whether the device opens for int16 audio at this rate and channel count.
+
+        Probed by opening a stream (not started) and closing it again, not with PortAudio's
+        Pa_IsFormatSupported, which opens the device just the same: PyAudio holds the GIL
+        in that call, so a hung sound server would stop every thread of the process, not
+        only the one waiting for it (see :meth:`_bounded`).
+        """
         import pyaudio
 
         pa = self._session()
-        if direction == "input":
-            kwargs = {
-                "input_device": device.index,
-                "input_channels": channels,
-                "input_format": pyaudio.paInt16,
-            }
-        else:
-            kwargs = {
-                "output_device": device.index,
-                "output_channels": channels,
-                "output_format": pyaudio.paInt16,
-            }
+
+        def probe() -> bool:
+            try:
+                stream = pa.open(
+                    rate=rate,
+                    channels=channels,
+                    format=pyaudio.paInt16,
+                    start=False,
+                    **{direction: True, f"{direction}_device_index": device.index},
+                )
+            except (OSError, ValueError) as exc:
+                if _error_code(exc) in _UNSUPPORTED_FORMAT:
+                    return False
+                raise
+            _close_quietly(stream)
+            return True
+
         try:
-            with _quiet_stderr():
-                return bool(pa.is_format_supported(rate, **kwargs))
-        except ValueError as exc:
-            code = exc.args[1] if len(exc.args) > 1 else None
-            if code in _UNSUPPORTED_FORMAT:
-                return False
+            return self._bounded(f"probing the {direction} device {device.name!r}", probe)
+        except (OSError, ValueError) as exc:
             raise AudioDeviceError(
                 f"{direction} device {device.name!r}: {_describe_os_error(exc)}"
             ) from exc
@@ -245,66 +377,89 @@ class PortAudio:
     def open_stream(self, **kwargs: Any) -> Any:
         pa = self._session()
         try:
-            with _quiet_stderr():
-                stream = pa.open(**kwargs)
+            stream = self._bounded(
+                "opening an audio stream", lambda: pa.open(**kwargs), if_late=_close_quietly
+            )
         except OSError as exc:
             raise AudioDeviceError(_describe_os_error(exc)) from exc
-        self._open_streams += 1
+        with self._lock:
+            self._open_streams += 1
         return stream
+
+    def start_stream(self, stream: Any, *, output: bool) -> int:
+        """Start an open stream; for output, return how many frames its buffer holds."""
+
+        def start() -> int:
+            stream.start_stream()
+            # Nothing is written yet: all of the device's buffer is free.
+            return int(stream.get_write_available()) if output else 0
+
+        return self._bounded("starting an audio stream", start)
 
     def close_stream(self, stream: Any, pump: _Pump | None = None) -> None:
         """Stop its device thread, abort (stopping would drain the device) and close.
 
-        A vanished device can make PortAudio block for ever (seen with a sound server
-        killed under the ALSA pulse plugin: libpulse deadlocks). The loop must not hang
-        with it, so the stream is closed on a helper thread and, if that does not finish
-        in time, abandoned: its pump is already cut off from the microphone or speaker,
-        and PortAudio is never terminated afterwards (that would wait for the stuck
-        thread too).
+        A vanished or hung sound server can make PortAudio block for ever (seen with a
+        sound server killed under the ALSA pulse plugin: libpulse deadlocks). The loop
+        does not wait for longer than ``call_timeout_s`` (see :meth:`_bounded`); the pump
+        is already cut off from the microphone or speaker, and a stream whose close has
+        to wait is closed once the sound server answers again.
         """
-        import pyaudio
-
-        closed = threading.Event()
         if pump is not None:
             pump.cut_off()
+        with self._lock:
+            if self._hung is not None:
+                self._closes_after_hang.append((stream, pump))
+                return
+        try:
+            self._bounded(
+                "closing an audio stream",
+                lambda: self._abort_and_close(stream, pump),
+                if_late=lambda _: self._count_closed(),
+            )
+        except AudioDeviceError:
+            return  # counted as open until this close returns after all (if_late)
+        self._count_closed()
 
-        def abort_and_close() -> None:
-            if pump is not None:
-                pump.join()  # PortAudio calls on one stream must not overlap
-            try:
-                # PyAudio's Stream has no abort method; its C module has.
-                pyaudio.pa.abort_stream(stream._stream)
-            except OSError as exc:  # the device failed; closing still frees it
-                log.debug("aborting a failed stream: %s", exc)
-            try:
-                stream.close()
-            except OSError as exc:
-                log.debug("closing a failed stream: %s", exc)
-            closed.set()
-
-        threading.Thread(target=abort_and_close, name="audio-close", daemon=True).start()
-        if closed.wait(CLOSE_TIMEOUT_S):
+    def _count_closed(self) -> None:
+        with self._lock:
             self._open_streams -= 1
-            return
-        self.abandoned_streams += 1
-        log.error(
-            "an audio stream did not close within %.0f s (its driver hangs); abandoned it. "
-            "Restart the appliance if audio does not come back.",
-            CLOSE_TIMEOUT_S,
-        )
+
+    @staticmethod
+    def _abort_and_close(stream: Any, pump: _Pump | None) -> None:
+        import pyaudio
+
+        if pump is not None:
+            pump.join()  # PortAudio calls on one stream must not overlap
+        try:
+            # PyAudio's Stream has no abort method; its C module has.
+            pyaudio.pa.abort_stream(stream._stream)
+        except OSError as exc:  # the device failed; closing still frees it
+            log.debug("aborting a failed stream: %s", exc)
+        _close_quietly(stream)
 
     def close(self) -> None:
-        if self._pa is not None and not self.abandoned_streams:
-            with _quiet_stderr():
-                self._pa.terminate()
-        self._pa = None
+        pa, self._pa = self._pa, None
         self._closed = True
+        if pa is None:
+            return
+        try:
+            self._bounded("ending PortAudio", pa.terminate)
+        except AudioDeviceError as exc:  # a call hangs, or this one did: leave it be
+            log.warning("PortAudio not ended: %s", exc)
 
     def __enter__(self) -> PortAudio:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except OSError as exc:  # the device failed; closing still frees it
+        log.debug("closing a failed stream: %s", exc)
 
 
 def _release_alsa_plugins() -> None:
@@ -602,14 +757,16 @@ class _PyAudioStream:
         if self._stream is None:
             raise RuntimeError(f"the {self.direction} stream is not open")
         try:
-            with _quiet_stderr():
-                self._stream.start_stream()
-            if self.direction == "output":
-                # Nothing is written yet: all of the device's buffer is free. The device
-                # thread keeps it full, so this is also what a drop discards.
-                self._buffer_frames = self._stream.get_write_available()
+            # Output: the device thread keeps the buffer full, so this is also what a drop
+            # discards.
+            self._buffer_frames = self._portaudio.start_stream(
+                self._stream, output=self.direction == "output"
+            )
             assert self._pump is not None
             self._pump.start(self._buffer_frames)
+        except AudioDeviceError as exc:
+            self.stop()
+            raise AudioDeviceError(f"cannot start {self.description}: {exc}") from exc
         except (OSError, RuntimeError) as exc:  # RuntimeError: no thread could be started
             self.stop()
             raise AudioDeviceError(

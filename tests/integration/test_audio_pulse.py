@@ -15,7 +15,7 @@ import pytest
 from appliance.audio import Audio, Earcon, Speaker, earcon, open_audio
 from appliance.audio.devices import PortAudio, PyAudioOutput
 from appliance.config import AudioSettings
-from appliance.errors import AudioDeviceError
+from appliance.errors import AudioDeviceError, SoundServerHung
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer, SinkRecording
 
 RATE = 24000
@@ -393,6 +393,70 @@ async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
             for _ in range(5):
                 await asyncio.wait_for(mic.next_chunk(), 10)
             assert mic.status().healthy
+    finally:
+        server.stop()
+
+
+async def answering_again(portaudio: PortAudio, within_s: float = 10) -> None:
+    """Until the call PortAudio gave up on has returned (nothing signals it: polled)."""
+    async with asyncio.timeout(within_s):
+        while portaudio.hung is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_a_hung_sound_server_never_hangs_the_loop_and_audio_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped (or deadlocked) sound server makes the ALSA pulse plugin wait for ever in
+    # whatever PortAudio call is running: opening a stream, starting it, closing it.
+    server = PulseServer(tmp_path / "pulse")
+    server.start()
+    try:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        loop = asyncio.get_running_loop()
+        with (
+            PortAudio(call_timeout_s=1.0) as portaudio,
+            open_audio(
+                AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
+            ) as audio,
+        ):
+            mic, speaker = audio.mic, audio.speaker
+            mic.start()
+            await asyncio.wait_for(mic.next_chunk(), 10)
+            speaker.start()
+            with server.hung():
+                started = time.monotonic()
+                mic.stop()  # its device thread is stuck in a read: the close waits for it
+                speaker.stop()
+                with pytest.raises(SoundServerHung) as caught:
+                    mic.start()
+                assert "closing an audio stream has not returned" in str(caught.value)
+                # Bounded: the one call that hung was given up after call_timeout_s, and
+                # nothing waits for it again.
+                assert time.monotonic() - started < 4
+                assert portaudio.hung is not None
+                assert portaudio.open_streams == 2
+            # Once the server answers, the closes that waited run, and audio works again.
+            await answering_again(portaudio)
+            assert portaudio.open_streams == 0
+            mic.start()
+            speaker.start()
+            for _ in range(3):
+                await asyncio.wait_for(mic.next_chunk(), 10)
+            assert mic.status().healthy
+            assert speaker.status().healthy
+            mic.stop()
+            with server.hung():
+                # An open that hangs is given up on as well; the stream it makes late is
+                # closed, not leaked.
+                with pytest.raises(SoundServerHung, match="opening an audio stream"):
+                    mic.start()
+                assert not mic.started
+            await answering_again(portaudio)
+            assert portaudio.open_streams == 1  # the speaker's
+            mic.start()
+            await asyncio.wait_for(mic.next_chunk(), 10)
     finally:
         server.stop()
 
