@@ -60,6 +60,9 @@ _HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
 MIN_TURN_MS = 100  # the service's smallest commit
 SESSION_CLOSE_S = 1.0  # of the 2 s a stop may take, what closing the connection may use
 SPEAKER_LINGER_S = 0.5  # the output stream stays open this long after the last sound
+# How often the running streams are checked for a device that failed or went silent (an
+# unplugged device, a hung sound server): nothing else would tell.
+AUDIO_CHECK_S = 1.0
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Appliance:
         self._interrupted_responses: deque[str] = deque(maxlen=16)
         self._truncate_target: tuple[str, int] | None = None
         self._last_failure: ServiceError | Disconnected | ErrorKind = ErrorKind.OFFLINE
+        self._device_failing = False  # since an audio device failed, until one starts
         self._assistant_text = ""
         self._clock = TurnClock()
         self._stop_requested = asyncio.Event()
@@ -201,6 +205,8 @@ class Appliance:
             self.audio.mic.start()
         except AudioDeviceError as exc:
             self._device_failed(exc)
+        else:
+            self._device_works()
 
     def _do_close_mic(self) -> None:
         self.audio.mic.stop()
@@ -357,9 +363,19 @@ class Appliance:
 
     async def _stream_microphone(self) -> None:
         mic = self.audio.mic
+        checked = time.monotonic()
         while True:
             await self._can_stream.wait()
-            chunk = await mic.next_chunk()
+            try:
+                async with asyncio.timeout(AUDIO_CHECK_S):
+                    chunk = await mic.next_chunk()
+            except TimeoutError:  # the microphone went quiet: has its device failed?
+                checked = time.monotonic()
+                self._check_audio()
+                continue
+            if time.monotonic() - checked >= AUDIO_CHECK_S:
+                checked = time.monotonic()
+                self._check_audio()
             self.led.catch_up()
             if self.view is not None and self.view.live:
                 self.view.mic_level(mic.level.rms)
@@ -466,11 +482,34 @@ class Appliance:
             opened = self.context.mic_open and self.context.state is not State.IDLE
             self._press_ns = self._barge_in_from if opened else None
 
+    def _check_audio(self) -> None:
+        """Report a running stream whose device failed or stopped calling back, and stop it.
+
+        The error state this leads to retries the microphone; the speaker is started
+        afresh when it is next needed.
+        """
+        for stream in (self.audio.mic, self.audio.speaker):
+            failure = stream.status().failure
+            if failure is not None:
+                stream.stop()
+                self._device_failed(AudioDeviceError(failure))
+                return
+
     def _device_failed(self, exc: AudioDeviceError) -> None:
         self.last_error = str(exc)
         self._last_failure = ErrorKind.DEVICE
-        log.warning("audio device failed: %s", exc)
+        # Once at WARNING; the retries that fail until it works again, at DEBUG.
+        if self._device_failing:
+            log.debug("audio device still failing: %s", exc)
+        else:
+            log.warning("audio device failed: %s", exc)
+        self._device_failing = True
         self._loop.call_soon(self.handle, Event.FAILED, ErrorKind.DEVICE)
+
+    def _device_works(self) -> None:
+        if self._device_failing:
+            self._device_failing = False
+            log.info("audio device works again")
 
     def _start_speaker(self) -> None:
         if self._speaker_stop is not None:
@@ -483,6 +522,8 @@ class Appliance:
             speaker.start()
         except AudioDeviceError as exc:
             self._device_failed(exc)
+        else:
+            self._device_works()
 
     def _stop_speaker_later(self) -> None:
         """Stop the output stream once it has been quiet for a moment.
