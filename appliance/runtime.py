@@ -53,6 +53,7 @@ LIVE_CHANGES = {
     ("behaviour", "idle_timeout_s"),
     ("logging", "level"),
 }
+SOUND_SERVER_HANG_S = 60.0  # then the watchdog stops pinging, and systemd restarts us
 EMULATOR_EVENTS_KEPT = 20_000  # the emulator's record of a long simulate session stays bounded
 
 
@@ -267,6 +268,14 @@ class Runtime:
             "speaker",
             advancing(lambda: speaker.callbacks, lambda: speaker.started, "speaker callbacks"),
         )
+        portaudio = appliance.audio.portaudio
+        if portaudio is not None:
+            # A call that has hung this long will not come back by itself (libpulse can
+            # deadlock when its server dies): a restart gets a fresh sound library.
+            self.watchdog.add_probe(
+                "sound server",
+                lambda: portaudio.hung if portaudio.hung_s > SOUND_SERVER_HANG_S else None,
+            )
         self.watchdog.add_probe(
             "connection",
             lambda: None if appliance.session.healthy() else "the connection stopped answering",

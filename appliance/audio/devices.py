@@ -166,6 +166,12 @@ class PortAudio:
         return self._open_streams
 
     @property
+    def hung_s(self) -> float:
+        """How long the call the loop gave up on has not returned (0 while none hangs)."""
+        hung = self._hung
+        return 0.0 if hung is None else time.monotonic() - hung[1]
+
+    @property
     def hung(self) -> str | None:
         """The PortAudio call that has not returned although the loop gave up on it, if any."""
         hung = self._hung
