@@ -401,9 +401,7 @@ async def test_a_sound_server_that_hangs_shows_the_device_error_and_audio_comes_
 ) -> None:
     """On the sound card (real PyAudio on a private PulseAudio), the server stops answering
     mid-conversation: the streams fall silent without an error, and closing them hangs."""
-    server = PulseServer(tmp_path / "pulse")
-    server.start()
-    try:
+    with PulseServer(tmp_path / "pulse") as server:
         app = await launch(emulator.url, None, env=server.env)
 
         def audio_heard() -> int:
@@ -415,16 +413,13 @@ async def test_a_sound_server_that_hangs_shows_the_device_error_and_audio_comes_
         with server.hung():
             await app.expect("state error  led error_device", timeout=30)
             stalled = audio_heard()
-        # Once it answers again, the retries get the microphone back, in the same
-        # conversation, without a press.
+        # Once it answers again, the retries get the microphone back without a press.
         await emulator.wait_until(lambda: audio_heard() > stalled + RATE, timeout=30)
         assert await app.quit() == 0
         log = (app.workdir / "stderr.log").read_text(errors="replace")
         assert "audio device failed: input device 'default': no audio callback" in log
         assert "closing an audio stream did not return within 5 s" in log
         assert "audio device works again" in log
-    finally:
-        server.stop()
 
 
 async def test_without_endpoint_or_sound_card_it_uses_the_emulator_and_the_sample(

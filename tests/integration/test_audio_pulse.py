@@ -361,40 +361,43 @@ async def test_a_missing_device_is_a_readable_error(monkeypatch: pytest.MonkeyPa
         audio.speaker.start()  # the speaker is not affected
 
 
-async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    server = PulseServer(tmp_path / "pulse")
-    server.start()
-    try:
+@pytest.fixture
+def private_pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
+    """A PulseAudio server of the test's own, to kill or stop; this process's env points at it."""
+    with PulseServer(tmp_path / "pulse") as server:
         for name, value in server.env.items():
             monkeypatch.setenv(name, value)
-        loop = asyncio.get_running_loop()
-        with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
-            mic, speaker = audio.mic, audio.speaker
+        yield server
+
+
+async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
+    private_pulse: PulseServer,
+) -> None:
+    server = private_pulse
+    loop = asyncio.get_running_loop()
+    with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
+        mic, speaker = audio.mic, audio.speaker
+        mic.start()
+        speaker.start()
+        for _ in range(5):
+            await asyncio.wait_for(mic.next_chunk(), 10)
+        server.kill()
+        # Nothing signals a dead device: the watchdog probes status(), and so do we.
+        async with asyncio.timeout(10):
+            while mic.status().healthy or speaker.status().healthy:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        started = time.monotonic()
+        mic.stop()
+        speaker.stop()
+        assert time.monotonic() - started < 5  # a dead device never hangs the loop
+        with pytest.raises(AudioDeviceError):
             mic.start()
-            speaker.start()
-            for _ in range(5):
-                await asyncio.wait_for(mic.next_chunk(), 10)
-            server.kill()
-            # Nothing signals a dead device: the watchdog probes status(), and so do we.
-            async with asyncio.timeout(10):
-                while mic.status().healthy or speaker.status().healthy:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            started = time.monotonic()
-            mic.stop()
-            speaker.stop()
-            assert time.monotonic() - started < 5  # a dead device never hangs the loop
-            with pytest.raises(AudioDeviceError):
-                mic.start()
-            server.start()
-            mic.start()
-            speaker.start()
-            for _ in range(5):
-                await asyncio.wait_for(mic.next_chunk(), 10)
-            assert mic.status().healthy
-    finally:
-        server.stop()
+        server.start()
+        mic.start()
+        speaker.start()
+        for _ in range(5):
+            await asyncio.wait_for(mic.next_chunk(), 10)
+        assert mic.status().healthy
 
 
 async def answering_again(portaudio: PortAudio, within_s: float = 10) -> None:
@@ -405,60 +408,55 @@ async def answering_again(portaudio: PortAudio, within_s: float = 10) -> None:
 
 
 async def test_a_hung_sound_server_never_hangs_the_loop_and_audio_comes_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    private_pulse: PulseServer,
 ) -> None:
     # A stopped (or deadlocked) sound server makes the ALSA pulse plugin wait for ever in
     # whatever PortAudio call is running: opening a stream, starting it, closing it.
-    server = PulseServer(tmp_path / "pulse")
-    server.start()
-    try:
-        for name, value in server.env.items():
-            monkeypatch.setenv(name, value)
-        loop = asyncio.get_running_loop()
-        with (
-            PortAudio(call_timeout_s=1.0) as portaudio,
-            open_audio(
-                AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
-            ) as audio,
-        ):
-            mic, speaker = audio.mic, audio.speaker
-            mic.start()
+    server = private_pulse
+    loop = asyncio.get_running_loop()
+    with (
+        PortAudio(call_timeout_s=1.0) as portaudio,
+        open_audio(
+            AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
+        ) as audio,
+    ):
+        mic, speaker = audio.mic, audio.speaker
+        mic.start()
+        await asyncio.wait_for(mic.next_chunk(), 10)
+        speaker.start()
+        with server.hung():
+            started = time.monotonic()
+            mic.stop()  # its device thread is stuck in a read: the close waits for it
+            speaker.stop()
+            with pytest.raises(SoundServerHung) as caught:
+                mic.start()
+            assert "closing an audio stream has not returned" in str(caught.value)
+            # Bounded: the one call that hung was given up after call_timeout_s, and
+            # nothing waits for it again.
+            assert time.monotonic() - started < 4
+            assert portaudio.hung_s >= 1.0
+            assert portaudio.open_streams == 2
+        # Once the server answers, the closes that waited run, and audio works again.
+        await answering_again(portaudio)
+        assert portaudio.open_streams == 0
+        assert portaudio.hung_s == 0
+        mic.start()
+        speaker.start()
+        for _ in range(3):
             await asyncio.wait_for(mic.next_chunk(), 10)
-            speaker.start()
-            with server.hung():
-                started = time.monotonic()
-                mic.stop()  # its device thread is stuck in a read: the close waits for it
-                speaker.stop()
-                with pytest.raises(SoundServerHung) as caught:
-                    mic.start()
-                assert "closing an audio stream has not returned" in str(caught.value)
-                # Bounded: the one call that hung was given up after call_timeout_s, and
-                # nothing waits for it again.
-                assert time.monotonic() - started < 4
-                assert portaudio.hung is not None
-                assert portaudio.open_streams == 2
-            # Once the server answers, the closes that waited run, and audio works again.
-            await answering_again(portaudio)
-            assert portaudio.open_streams == 0
-            mic.start()
-            speaker.start()
-            for _ in range(3):
-                await asyncio.wait_for(mic.next_chunk(), 10)
-            assert mic.status().healthy
-            assert speaker.status().healthy
-            mic.stop()
-            with server.hung():
-                # An open that hangs is given up on as well; the stream it makes late is
-                # closed, not leaked.
-                with pytest.raises(SoundServerHung, match="opening an audio stream"):
-                    mic.start()
-                assert not mic.started
-            await answering_again(portaudio)
-            assert portaudio.open_streams == 1  # the speaker's
-            mic.start()
-            await asyncio.wait_for(mic.next_chunk(), 10)
-    finally:
-        server.stop()
+        assert mic.status().healthy
+        assert speaker.status().healthy
+        mic.stop()
+        with server.hung():
+            # An open that hangs is given up on as well; the stream it makes late is
+            # closed, not leaked.
+            with pytest.raises(SoundServerHung, match="opening an audio stream"):
+                mic.start()
+            assert not mic.started
+        await answering_again(portaudio)
+        assert portaudio.open_streams == 1  # the speaker's
+        mic.start()
+        await asyncio.wait_for(mic.next_chunk(), 10)
 
 
 def test_appliance_devices_lists_devices_and_rates(pulse: PulseServer) -> None:
