@@ -179,6 +179,8 @@ class Appliance:
             self._can_stream.clear()
         if ctx.state is State.RESPONDING:
             self._start_speaker()
+        elif ctx.state in (State.IDLE, State.ERROR):
+            self.audio.speaker.release()
         self._stop_speaker_later()
         if self.notifier is not None and ctx.state is not before.state:
             self.notifier.status(format_status(ctx.state.value, self.last_error))
@@ -547,7 +549,9 @@ class Appliance:
         self._speaker_stop = None
         speaker = self.audio.speaker
         if self.context.state is not State.RESPONDING and speaker.drained.is_set():
-            speaker.stop()
+            # In a conversation the next answer is likely: its stream starts quicker when
+            # the device keeps it open (released when the conversation ends).
+            speaker.stop(keep_open=self.context.state is State.LISTENING)
 
     # ---- figures ----------------------------------------------------------------------------
 

@@ -102,7 +102,12 @@ class OutputDevice(Protocol):
         Returns how many frames that is: what ``render`` filled that will not be heard.
         """
 
-    def stop(self) -> None: ...
+    def stop(self, *, keep_open: bool = False) -> None:
+        """Stop (no render after this returns) and close; idempotent.
+
+        ``keep_open``: the device may leave its stream open, stopped, so that the next
+        open() and start() are quicker; a stop() without it closes it.
+        """
 
     def failure(self) -> str | None: ...
 
@@ -557,12 +562,21 @@ class Speaker(_DeviceStream):
             self._marks.clear()
         self._feed()  # so that the first callback already has the queued audio
 
-    def stop(self) -> None:
-        """Stop the output stream and drop whatever was still to be played."""
+    def stop(self, *, keep_open: bool = False) -> None:
+        """Stop the output stream and drop whatever was still to be played.
+
+        ``keep_open``: the device may keep its stream open for a quicker start() (between
+        the answers of a conversation); :meth:`release` closes it.
+        """
         if self._started:
             self._started = False
-            self._device.stop()
+            self._device.stop(keep_open=keep_open)
         self._discard()
+
+    def release(self) -> None:
+        """Close the stream a stop(keep_open=True) left open; nothing while started."""
+        if not self._started:
+            self._device.stop()
 
     @property
     def volume(self) -> int:

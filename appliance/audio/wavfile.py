@@ -194,7 +194,7 @@ class _Paced:
         self._done = 0
         self._timer = self._loop.call_at(self._started_at + self._period_s, self._tick)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_open: bool = False) -> None:  # nothing to keep open: a timer
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()

@@ -137,6 +137,31 @@ async def test_playback_reaches_the_sink(audio: Audio, pulse: PulseServer) -> No
     assert speaker.underruns == 0
 
 
+async def test_the_speaker_kept_open_between_answers_plays_the_next_in_full(
+    audio: Audio, pulse: PulseServer
+) -> None:
+    speaker, recording, portaudio = audio.speaker, pulse.recording, audio.portaudio
+    assert portaudio is not None
+    speaker.start()
+    assert await heard_in_full(noise(0.3, seed=21), speaker, recording, recording.position) > 0.999
+    opened = portaudio.open_streams
+    speaker.stop(keep_open=True)
+    assert portaudio.open_streams == opened  # open, stopped
+    assert speaker.status().healthy
+    for seed in (22, 23):
+        start = recording.position
+        speaker.start()  # the same stream again: no new one is opened
+        assert portaudio.open_streams == opened
+        assert await heard_in_full(noise(0.5, seed=seed), speaker, recording, start) > 0.999
+        speaker.stop(keep_open=True)
+    speaker.release()
+    assert portaudio.open_streams == opened - 1
+    speaker.release()  # idempotent
+    start = recording.position
+    speaker.start()  # opened afresh
+    assert await heard_in_full(noise(0.3, seed=24), speaker, recording, start) > 0.999
+
+
 @pytest.fixture(scope="module")
 def rewindless_recording(pulse: PulseServer) -> Iterator[SinkRecording]:
     """What a second null sink played, one that never rewinds.

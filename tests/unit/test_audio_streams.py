@@ -65,7 +65,7 @@ class CrankedOutput:
     def drop_buffered(self) -> int:
         return 0  # it holds nothing: each period is taken when the test cranks it
 
-    def stop(self) -> None:
+    def stop(self, *, keep_open: bool = False) -> None:
         self.running = False
 
     def failure(self) -> str | None:
