@@ -203,12 +203,17 @@ class Appliance:
         handler()
 
     def _do_open_mic(self) -> None:
+        # The outcome is handled in this same dispatch, before any button event can come
+        # between: a retry in the error state waits for it.
         try:
             self.audio.mic.start()
         except AudioDeviceError as exc:
-            self._device_failed(exc)
+            self._log_device_failure(exc)
+            self.handle(Event.FAILED, ErrorKind.DEVICE)
         else:
             self._device_works()
+            if self.context.state is State.ERROR:
+                self.handle(Event.MIC_OPENED)
 
     def _do_close_mic(self) -> None:
         self.audio.mic.stop()
@@ -498,6 +503,10 @@ class Appliance:
                 return
 
     def _device_failed(self, exc: AudioDeviceError) -> None:
+        self._log_device_failure(exc)
+        self._loop.call_soon(self.handle, Event.FAILED, ErrorKind.DEVICE)
+
+    def _log_device_failure(self, exc: AudioDeviceError) -> None:
         self.last_error = str(exc)
         self._last_failure = ErrorKind.DEVICE
         # Once at WARNING; the retries that fail until it works again, at DEBUG.
@@ -506,7 +515,6 @@ class Appliance:
         else:
             log.warning("audio device failed: %s", exc)
         self._device_failing = True
-        self._loop.call_soon(self.handle, Event.FAILED, ErrorKind.DEVICE)
 
     def _device_works(self) -> None:
         if self._device_failing:

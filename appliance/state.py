@@ -65,6 +65,7 @@ class Event(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     RETRY_TIMER = "retry_timer"
     HANG_UP = "hang_up"  # the model called the end-conversation tool: end after its answer
+    MIC_OPENED = "mic_opened"  # OPEN_MIC in the error state worked: the device is back
 
 
 class Action(StrEnum):
@@ -337,11 +338,20 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
             # A connection kept between push-to-talk turns dropped: the next press reconnects.
             return link is not Link.CLOSED
         if state is State.ERROR:
-            b.set(error=kind)
-            b.steps.append(ShowLed(ERROR_PATTERNS[kind]))
+            # The mic a device retry was trying failed again, or something else broke
+            # meanwhile: wait for the next retry, and show the newest cause.
+            b.close_mic()
+            b.schedule_retry()
+            if kind is not b.ctx.error:
+                b.set(error=kind)
+                b.steps.append(ShowLed(ERROR_PATTERNS[kind]))
             return True
         b.fail(kind)
         return True
+    if event is Event.MIC_OPENED:
+        if state is not State.ERROR or not b.ctx.mic_open or link is not Link.OPEN:
+            return False
+        return _session_ready(b)
     if event is Event.RETRY_TIMER:
         if state is not State.ERROR or not b.ctx.retry_scheduled:
             return False
@@ -377,7 +387,12 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
 
 def _retry(b: _Builder) -> bool:
     if b.ctx.link is Link.OPEN:
-        # Only a device failed; the session survived. Re-open the mic and carry on.
+        # Only a device failed; the session survived. Try the mic again, still in the error
+        # state: the LED and the earcons say "listening" only once it has opened
+        # (MIC_OPENED), and a mic that fails again (FAILED) just waits for the next retry.
+        if b.ctx.mode is ButtonMode.TOGGLE or b.ctx.button_down:
+            b.open_mic()
+            return True
         return _session_ready(b)
     b.connect()
     if b.ctx.mode is ButtonMode.TOGGLE or b.ctx.button_down:

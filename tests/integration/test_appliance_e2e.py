@@ -413,9 +413,14 @@ async def test_a_sound_server_that_hangs_shows_the_device_error_and_audio_comes_
         with server.hung():
             await app.expect("state error  led error_device", timeout=30)
             stalled = audio_heard()
+            await app.expect_log("audio device still failing", count=2, timeout=30)
         # Once it answers again, the retries get the microphone back without a press.
+        await app.expect("state listening", timeout=30)
         await emulator.wait_until(lambda: audio_heard() > stalled + RATE, timeout=30)
         assert await app.quit() == 0
+        # The failed retries never showed "listening", not even for a moment.
+        states = app.states()
+        assert states[states.index("error") :] == ["error", "listening"], states
         log = (app.workdir / "stderr.log").read_text(errors="replace")
         assert "audio device failed: input device 'default': no audio callback" in log
         assert "closing an audio stream did not return within 5 s" in log

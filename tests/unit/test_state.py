@@ -10,6 +10,7 @@ from appliance.state import (
     Action,
     ButtonMode,
     Context,
+    Earcon,
     ErrorKind,
     Event,
     LedPattern,
@@ -172,7 +173,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("toggle", "error", "response_done"): IGNORED,
     ("toggle", "error", "playback_done"): IGNORED,
     ("toggle", "error", "turn_empty"): IGNORED,
-    ("toggle", "error", "disconnected"): ("error", "led:error_offline"),
+    ("toggle", "error", "disconnected"): ("error", ""),  # the LED shows offline already
     ("toggle", "error", "failed"): ("error", "led:error_auth"),
     ("toggle", "error", "idle_timeout"): ("idle", "cancel_retry disconnect led:idle"),
     ("toggle", "error", "retry_timer"): ("connecting", "connect open_mic led:connecting"),
@@ -314,7 +315,7 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
     ("push_to_talk", "error", "response_done"): IGNORED,
     ("push_to_talk", "error", "playback_done"): IGNORED,
     ("push_to_talk", "error", "turn_empty"): IGNORED,
-    ("push_to_talk", "error", "disconnected"): ("error", "led:error_offline"),
+    ("push_to_talk", "error", "disconnected"): ("error", ""),
     ("push_to_talk", "error", "failed"): ("error", "led:error_auth"),
     ("push_to_talk", "error", "idle_timeout"): ("idle", "cancel_retry disconnect led:idle"),
     ("push_to_talk", "error", "retry_timer"): ("connecting", "connect led:connecting"),
@@ -322,6 +323,8 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
         "idle",
         "stop_idle_timer cancel_retry disconnect led:idle earcon:ended",
     ),
+    # Only a device retry waits for MIC_OPENED (tested below); no row of the table does.
+    **{(mode, name, "mic_opened"): IGNORED for mode, paths in PATHS.items() for name in paths},
 }
 
 
@@ -440,14 +443,61 @@ def test_repeated_failures_play_the_error_earcon_and_start_the_idle_timer_once()
     assert Action.START_IDLE_TIMER not in again.steps
 
 
+def _device_failed(mode: ButtonMode = ButtonMode.TOGGLE) -> Context:
+    ctx = _run(initial(mode), Event.PRESS, Event.SESSION_READY)
+    return transition(ctx, Event.FAILED, ErrorKind.DEVICE).context
+
+
 def test_a_device_failure_keeps_the_session_and_the_retry_reopens_only_the_mic() -> None:
-    ctx = _run(initial(), Event.PRESS, Event.SESSION_READY)
-    failed = transition(ctx, Event.FAILED, ErrorKind.DEVICE)
-    assert failed.context.link is Link.OPEN
-    retried = transition(failed.context, Event.RETRY_TIMER)
-    assert retried.state is State.LISTENING
-    assert Action.CONNECT not in retried.steps
-    assert Action.OPEN_MIC in retried.steps
+    failed = _device_failed()
+    assert failed.link is Link.OPEN
+    retried = transition(failed, Event.RETRY_TIMER)
+    # Still the error state: only an opened mic may show "listening".
+    assert retried.state is State.ERROR
+    assert retried.steps == (Action.OPEN_MIC,)
+    back = transition(retried.context, Event.MIC_OPENED)
+    assert back.state is State.LISTENING
+    assert back.context.error is None
+    assert Action.CONNECT not in back.steps
+    assert Action.OPEN_MIC not in back.steps  # it is open already
+    assert ShowLed(LedPattern.LISTENING) in back.steps
+    assert PlayEarcon(Earcon.LISTENING) in back.steps
+
+
+def test_a_mic_that_fails_on_every_retry_shows_nothing_new_and_keeps_one_idle_timeout() -> None:
+    """No "listening" flash or earcon, no error earcon per retry: the LED stays on the
+    device error, and the idle timeout started at the first failure ends it."""
+    ctx = _device_failed()
+    for _ in range(3):
+        retried = transition(ctx, Event.RETRY_TIMER)
+        again = transition(retried.context, Event.FAILED, ErrorKind.DEVICE)
+        assert again.state is State.ERROR
+        assert again.steps == (Action.CLOSE_MIC, Action.SCHEDULE_RETRY)
+        ctx = again.context
+    assert transition(ctx, Event.IDLE_TIMEOUT).state is State.IDLE
+
+
+def test_a_press_while_the_mic_is_retried_waits_for_its_outcome() -> None:
+    trying = _run(_device_failed(), Event.RETRY_TIMER)
+    assert transition(trying, Event.PRESS).steps == ()
+    assert transition(trying, Event.RETRY_TIMER).steps == ()
+
+
+def test_push_to_talk_device_retry_without_the_button_waits_idle_in_the_conversation() -> None:
+    ctx = _run(_device_failed(ButtonMode.PUSH_TO_TALK), Event.RELEASE)
+    retried = transition(ctx, Event.RETRY_TIMER)
+    assert retried.state is State.IDLE
+    assert Action.OPEN_MIC not in retried.steps
+    assert retried.context.in_conversation
+    pressed = transition(retried.context, Event.PRESS)
+    assert pressed.state is State.LISTENING
+
+
+def test_push_to_talk_device_retry_with_the_button_down_listens_once_the_mic_opened() -> None:
+    retried = transition(_device_failed(ButtonMode.PUSH_TO_TALK), Event.RETRY_TIMER)
+    assert retried.state is State.ERROR
+    assert retried.steps == (Action.OPEN_MIC,)
+    assert transition(retried.context, Event.MIC_OPENED).state is State.LISTENING
 
 
 def test_push_to_talk_released_while_connecting_sends_the_turn_once_ready() -> None:
@@ -532,12 +582,15 @@ def _apply(ctx: Context, sequence: list[tuple[Event, ErrorKind | None]]) -> list
 
 
 def _invariants(ctx: Context) -> None:
-    if ctx.state in (State.IDLE, State.ERROR):
+    if ctx.state is State.IDLE:
         assert not ctx.mic_open, ctx
     if ctx.state is State.ERROR:
-        # Something is always on its way out of an error: a retry, and the idle timeout.
-        assert ctx.retry_scheduled, ctx
+        # Something is always on its way out of an error: the idle timeout, and either a
+        # retry or the mic a device retry opened (MIC_OPENED or FAILED follows at once).
+        assert ctx.retry_scheduled != ctx.mic_open, ctx
         assert ctx.idle_timer, ctx
+        if ctx.mic_open:
+            assert ctx.link is Link.OPEN, ctx
     else:
         assert not ctx.retry_scheduled, ctx
     if ctx.state is State.IDLE and not ctx.in_conversation:
@@ -594,12 +647,20 @@ def test_a_press_is_always_heard(
     start: Context, sequence: list[tuple[Event, ErrorKind | None]]
 ) -> None:
     """From anywhere, releasing and pressing again either ends the conversation (toggle, by
-    design) or leads to a device that hears the user: connecting or listening, mic open."""
-    for ctx in _apply(start, sequence):
+    design) or leads to a device that hears the user: connecting or listening, mic open.
+    After a device error the press tries the mic; it listens once the mic has opened."""
+    for reached in _apply(start, sequence):
+        ctx = reached
+        if ctx.state is State.ERROR and ctx.mic_open:
+            # A device retry's mic: the app reports its outcome before any button event.
+            ctx = _run(ctx, Event.MIC_OPENED)
         after = _run(ctx, Event.RELEASE, Event.PRESS)
         if ctx.mode is ButtonMode.TOGGLE and ctx.state in (State.CONNECTING, State.LISTENING):
             assert after.state is State.IDLE
             continue
+        if after.state is State.ERROR:
+            assert after.mic_open, (ctx, after)
+            after = _run(after, Event.MIC_OPENED)
         assert after.state in (State.CONNECTING, State.LISTENING), (ctx, after)
         assert after.mic_open
 
