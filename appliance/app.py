@@ -205,15 +205,26 @@ class Appliance:
     def _do_open_mic(self) -> None:
         # The outcome is handled in this same dispatch, before any button event can come
         # between: a retry in the error state waits for it.
+        retrying = self.context.state is State.ERROR
         try:
             self.audio.mic.start()
+            if retrying:
+                # Either device may be the one that failed: a retry that opened only the mic
+                # would show "listening" and fail again at the first earcon or answer.
+                self._start_speaker(report=False)
         except AudioDeviceError as exc:
             self._log_device_failure(exc)
             self.handle(Event.FAILED, ErrorKind.DEVICE)
         else:
-            self._device_works()
-            if self.context.state is State.ERROR:
-                self.handle(Event.MIC_OPENED)
+            if retrying:
+                # Recovered: the next failure's backoff starts afresh; the log says how long
+                # the audio was gone.
+                self._device_failing = False
+                self.backoff.connected()
+                self.outage.recovered()
+                self.handle(Event.AUDIO_OPENED)
+            else:
+                self._device_works()
 
     def _do_close_mic(self) -> None:
         self.audio.mic.stop()
@@ -521,7 +532,8 @@ class Appliance:
             self._device_failing = False
             log.info("audio device works again")
 
-    def _start_speaker(self) -> None:
+    def _start_speaker(self, *, report: bool = True) -> None:
+        """Have the output stream running; ``report=False`` raises what it would report."""
         if self._speaker_stop is not None:
             self._speaker_stop.cancel()
             self._speaker_stop = None
@@ -531,6 +543,8 @@ class Appliance:
         try:
             speaker.start()
         except AudioDeviceError as exc:
+            if not report:
+                raise
             self._device_failed(exc)
         else:
             self._device_works()

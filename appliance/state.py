@@ -65,7 +65,7 @@ class Event(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     RETRY_TIMER = "retry_timer"
     HANG_UP = "hang_up"  # the model called the end-conversation tool: end after its answer
-    MIC_OPENED = "mic_opened"  # OPEN_MIC in the error state worked: the device is back
+    AUDIO_OPENED = "audio_opened"  # a retry's OPEN_MIC opened the mic and the speaker
 
 
 class Action(StrEnum):
@@ -348,7 +348,7 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
             return True
         b.fail(kind)
         return True
-    if event is Event.MIC_OPENED:
+    if event is Event.AUDIO_OPENED:
         if state is not State.ERROR or not b.ctx.mic_open or link is not Link.OPEN:
             return False
         return _session_ready(b)
@@ -387,9 +387,9 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
 
 def _retry(b: _Builder) -> bool:
     if b.ctx.link is Link.OPEN:
-        # Only a device failed; the session survived. Try the mic again, still in the error
-        # state: the LED and the earcons say "listening" only once it has opened
-        # (MIC_OPENED), and a mic that fails again (FAILED) just waits for the next retry.
+        # Only a device failed; the session survived. Try the audio again, still in the
+        # error state: the LED and the earcons say "listening" only once the devices have
+        # opened (AUDIO_OPENED); if one fails again (FAILED), the next retry tries again.
         if b.ctx.mode is ButtonMode.TOGGLE or b.ctx.button_down:
             b.open_mic()
             return True

@@ -196,11 +196,15 @@ class OutageLog:
         # A different kind of failure is news (offline, then refused): say it once more.
         level = logging.WARNING if first or kind is not self._kind else logging.DEBUG
         self._kind = kind
+        # A bare kind (an audio device failure, reported where it happened) has no more to say.
+        detail = getattr(error, "cause", None) or error
+        cause = "" if isinstance(error, ErrorKind) else f": {detail}"
         self._log.log(
             level,
-            "Voice Live unavailable (%s): %s; retrying in %.1f s (attempt %d)",
+            "%s unavailable (%s)%s; retrying in %.1f s (attempt %d)",
+            _subject(kind),
             kind.value,
-            getattr(error, "cause", None) or error,
+            cause,
             delay,
             self._attempts,
         )
@@ -210,12 +214,15 @@ class OutageLog:
         if self._since is None:
             return None
         outage = self._clock() - self._since
+        device = self._kind is ErrorKind.DEVICE
         self._log.info(
-            "Voice Live back after %.1f s (%d failed attempt%s)",
+            "%s after %.1f s (%d failed attempt%s)",
+            "audio device works again" if device else "Voice Live back",
             outage,
             self._attempts,
             "" if self._attempts == 1 else "s",
-            extra={FIELD_OUTAGE_MS: f"{outage * 1000:.1f}"},
+            # The journal field is the reconnect outage; a device's is only in the message.
+            extra={} if device else {FIELD_OUTAGE_MS: f"{outage * 1000:.1f}"},
         )
         self._since = None
         self._kind = None
@@ -227,3 +234,7 @@ class OutageLog:
         self._since = None
         self._kind = None
         self._attempts = 0
+
+
+def _subject(kind: ErrorKind) -> str:
+    return "audio device" if kind is ErrorKind.DEVICE else "Voice Live"

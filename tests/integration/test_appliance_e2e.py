@@ -424,7 +424,30 @@ async def test_a_sound_server_that_hangs_shows_the_device_error_and_audio_comes_
         log = (app.workdir / "stderr.log").read_text(errors="replace")
         assert "audio device failed: input device 'default': no audio callback" in log
         assert "closing an audio stream did not return within 5 s" in log
-        assert "audio device works again" in log
+        assert "audio device works again after" in log
+
+
+async def test_a_speaker_that_never_opens_keeps_the_device_error_without_flashing_listening(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    """The microphone works, the speaker has gone: the first earcon fails, and the retries,
+    which try both devices, stay in the error state until the idle timeout ends it."""
+    with PulseServer(tmp_path / "pulse") as server:
+        env = {**server.env, "APPLIANCE_EARCONS": "true", "APPLIANCE_IDLE_TIMEOUT_S": "5"}
+        app = await launch(emulator.url, None, env=env)
+        await app.expect_log("ready: press the button")
+        # No sink left to play to; the microphone hears a null source.
+        server.pactl("unload-module", "module-null-sink")
+        server.pactl("load-module", "module-null-source", "source_name=quiet")
+        server.pactl("set-default-source", "quiet")
+        await app.send("click")
+        await app.expect("state error  led error_device")
+        await app.expect_log("audio device still failing", count=2)
+        await app.expect("state idle", timeout=30)
+        assert await app.quit() == 0
+    assert app.states() == ["idle", "connecting", "listening", "error", "idle"]
+    log = (app.workdir / "stderr.log").read_text(errors="replace")
+    assert log.count("audio device failed") == 1  # then at DEBUG until it works
 
 
 async def test_without_endpoint_or_sound_card_it_uses_the_emulator_and_the_sample(

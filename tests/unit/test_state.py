@@ -323,8 +323,8 @@ EXPECTED: dict[tuple[str, str, str], tuple[str, str] | None] = {
         "idle",
         "stop_idle_timer cancel_retry disconnect led:idle earcon:ended",
     ),
-    # Only a device retry waits for MIC_OPENED (tested below); no row of the table does.
-    **{(mode, name, "mic_opened"): IGNORED for mode, paths in PATHS.items() for name in paths},
+    # Only a device retry waits for AUDIO_OPENED (tested below); no row of the table does.
+    **{(mode, name, "audio_opened"): IGNORED for mode, paths in PATHS.items() for name in paths},
 }
 
 
@@ -455,7 +455,7 @@ def test_a_device_failure_keeps_the_session_and_the_retry_reopens_only_the_mic()
     # Still the error state: only an opened mic may show "listening".
     assert retried.state is State.ERROR
     assert retried.steps == (Action.OPEN_MIC,)
-    back = transition(retried.context, Event.MIC_OPENED)
+    back = transition(retried.context, Event.AUDIO_OPENED)
     assert back.state is State.LISTENING
     assert back.context.error is None
     assert Action.CONNECT not in back.steps
@@ -464,7 +464,7 @@ def test_a_device_failure_keeps_the_session_and_the_retry_reopens_only_the_mic()
     assert PlayEarcon(Earcon.LISTENING) in back.steps
 
 
-def test_a_mic_that_fails_on_every_retry_shows_nothing_new_and_keeps_one_idle_timeout() -> None:
+def test_a_device_that_fails_on_every_retry_shows_nothing_new_and_keeps_one_idle_timeout() -> None:
     """No "listening" flash or earcon, no error earcon per retry: the LED stays on the
     device error, and the idle timeout started at the first failure ends it."""
     ctx = _device_failed()
@@ -493,11 +493,11 @@ def test_push_to_talk_device_retry_without_the_button_waits_idle_in_the_conversa
     assert pressed.state is State.LISTENING
 
 
-def test_push_to_talk_device_retry_with_the_button_down_listens_once_the_mic_opened() -> None:
+def test_push_to_talk_device_retry_with_the_button_down_listens_once_the_audio_opened() -> None:
     retried = transition(_device_failed(ButtonMode.PUSH_TO_TALK), Event.RETRY_TIMER)
     assert retried.state is State.ERROR
     assert retried.steps == (Action.OPEN_MIC,)
-    assert transition(retried.context, Event.MIC_OPENED).state is State.LISTENING
+    assert transition(retried.context, Event.AUDIO_OPENED).state is State.LISTENING
 
 
 def test_push_to_talk_released_while_connecting_sends_the_turn_once_ready() -> None:
@@ -586,7 +586,7 @@ def _invariants(ctx: Context) -> None:
         assert not ctx.mic_open, ctx
     if ctx.state is State.ERROR:
         # Something is always on its way out of an error: the idle timeout, and either a
-        # retry or the mic a device retry opened (MIC_OPENED or FAILED follows at once).
+        # retry or the audio a device retry opened (AUDIO_OPENED or FAILED follows at once).
         assert ctx.retry_scheduled != ctx.mic_open, ctx
         assert ctx.idle_timer, ctx
         if ctx.mic_open:
@@ -648,19 +648,19 @@ def test_a_press_is_always_heard(
 ) -> None:
     """From anywhere, releasing and pressing again either ends the conversation (toggle, by
     design) or leads to a device that hears the user: connecting or listening, mic open.
-    After a device error the press tries the mic; it listens once the mic has opened."""
+    After a device error the press tries the audio; it listens once the devices opened."""
     for reached in _apply(start, sequence):
         ctx = reached
         if ctx.state is State.ERROR and ctx.mic_open:
-            # A device retry's mic: the app reports its outcome before any button event.
-            ctx = _run(ctx, Event.MIC_OPENED)
+            # A device retry: the app reports its outcome before any button event.
+            ctx = _run(ctx, Event.AUDIO_OPENED)
         after = _run(ctx, Event.RELEASE, Event.PRESS)
         if ctx.mode is ButtonMode.TOGGLE and ctx.state in (State.CONNECTING, State.LISTENING):
             assert after.state is State.IDLE
             continue
         if after.state is State.ERROR:
             assert after.mic_open, (ctx, after)
-            after = _run(after, Event.MIC_OPENED)
+            after = _run(after, Event.AUDIO_OPENED)
         assert after.state in (State.CONNECTING, State.LISTENING), (ctx, after)
         assert after.mic_open
 

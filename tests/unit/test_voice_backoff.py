@@ -177,6 +177,21 @@ def test_a_different_kind_of_failure_is_reported_again(caplog: pytest.LogCapture
     assert levels == [logging.WARNING, logging.DEBUG, logging.WARNING, logging.DEBUG]
 
 
+def test_an_audio_device_outage_is_named_as_such_and_keeps_out_of_the_reconnect_field(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    outages = OutageLog(logging.getLogger("test.outage"), clock=clock)
+    caplog.set_level(logging.DEBUG, logger="test.outage")
+    outages.failed(ErrorKind.DEVICE, 0.5)
+    clock.advance(2.0)
+    outages.recovered()
+    failed, recovered = outage_records(caplog)
+    assert failed.getMessage() == "audio device unavailable (device); retrying in 0.5 s (attempt 1)"
+    assert recovered.getMessage() == "audio device works again after 2.0 s (1 failed attempt)"
+    assert not hasattr(recovered, FIELD_OUTAGE_MS)
+
+
 def test_recovery_without_an_outage_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     outages = OutageLog(logging.getLogger("test.outage"))
     caplog.set_level(logging.DEBUG, logger="test.outage")
