@@ -21,6 +21,18 @@ class FakeClock:
         self.now += seconds
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outages(caplog: pytest.LogCaptureFixture, clock: FakeClock) -> OutageLog:
+    """An outage log on a fake clock whose every record ``outage_records`` sees."""
+    caplog.set_level(logging.DEBUG, logger="test.outage")
+    return OutageLog(logging.getLogger("test.outage"), clock=clock)
+
+
 def outage_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "test.outage"]
 
@@ -142,11 +154,8 @@ def test_budget_refusal_does_not_count_as_a_connection() -> None:
 
 
 def test_outage_is_logged_once_at_warning_then_debug_then_recovery_at_info(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, outages: OutageLog, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
-    outages = OutageLog(logging.getLogger("test.outage"), clock=clock)
-    caplog.set_level(logging.DEBUG, logger="test.outage")
     outages.failed(offline(), 0.5)
     clock.advance(0.5)
     outages.failed(offline(), 1.0)
@@ -166,9 +175,9 @@ def test_outage_is_logged_once_at_warning_then_debug_then_recovery_at_info(
     assert outage_records(caplog)[0].levelno == logging.WARNING
 
 
-def test_a_different_kind_of_failure_is_reported_again(caplog: pytest.LogCaptureFixture) -> None:
-    outages = OutageLog(logging.getLogger("test.outage"))
-    caplog.set_level(logging.DEBUG, logger="test.outage")
+def test_a_different_kind_of_failure_is_reported_again(
+    caplog: pytest.LogCaptureFixture, outages: OutageLog
+) -> None:
     outages.failed(offline(), 0.5)
     outages.failed(offline(), 1.0)
     outages.failed(ServiceError("HTTP 401", ErrorKind.AUTH), 30.0)
@@ -178,11 +187,8 @@ def test_a_different_kind_of_failure_is_reported_again(caplog: pytest.LogCapture
 
 
 def test_an_audio_device_outage_is_named_as_such_and_keeps_out_of_the_reconnect_field(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, outages: OutageLog, clock: FakeClock
 ) -> None:
-    clock = FakeClock()
-    outages = OutageLog(logging.getLogger("test.outage"), clock=clock)
-    caplog.set_level(logging.DEBUG, logger="test.outage")
     outages.failed(ErrorKind.DEVICE, 0.5)
     clock.advance(2.0)
     outages.recovered()
@@ -192,15 +198,15 @@ def test_an_audio_device_outage_is_named_as_such_and_keeps_out_of_the_reconnect_
     assert not hasattr(recovered, FIELD_OUTAGE_MS)
 
 
-def test_recovery_without_an_outage_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    outages = OutageLog(logging.getLogger("test.outage"))
-    caplog.set_level(logging.DEBUG, logger="test.outage")
+def test_recovery_without_an_outage_logs_nothing(
+    caplog: pytest.LogCaptureFixture, outages: OutageLog
+) -> None:
     assert outages.recovered() is None
     assert outage_records(caplog) == []
 
 
 def test_a_disconnect_event_is_a_failure_the_policy_understands(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, outages: OutageLog
 ) -> None:
     from appliance.voice.session import Disconnected
 
@@ -208,8 +214,6 @@ def test_a_disconnect_event_is_a_failure_the_policy_understands(
     dropped = Disconnected("connection dropped (code 1006)", 1006, ErrorKind.OFFLINE)
     assert backoff.next_delay(dropped) == 0.5
     assert backoff.next_delay(Disconnected("policy violation", 1008, ErrorKind.AUTH)) == 30.0
-    outages = OutageLog(logging.getLogger("test.outage"))
-    caplog.set_level(logging.DEBUG, logger="test.outage")
     outages.failed(dropped, 0.5)
     (record,) = outage_records(caplog)
     assert "offline" in record.getMessage()
