@@ -427,25 +427,26 @@ async def test_a_sound_server_that_hangs_shows_the_device_error_and_audio_comes_
         assert "audio device works again after" in log
 
 
-async def test_a_speaker_that_never_opens_keeps_the_device_error_without_flashing_listening(
+async def test_a_failed_speaker_keeps_the_device_error_until_it_opens_again(
     tmp_path: Path, emulator: Emulator, launch: Launcher
 ) -> None:
-    """The microphone works, the speaker has gone: the first earcon fails, and the retries,
-    which try both devices, stay in the error state until the idle timeout ends it."""
+    """The microphone (a file) works; the speaker's sound server hangs before the answer. The
+    retries, which try both devices, show nothing until the speaker opens again."""
+    mic = write_wav(tmp_path / "mic.wav", quiet(2500), tone(1500, 300), quiet(20000))
     with PulseServer(tmp_path / "pulse") as server:
-        env = {**server.env, "APPLIANCE_EARCONS": "true", "APPLIANCE_IDLE_TIMEOUT_S": "5"}
-        app = await launch(emulator.url, None, env=env)
-        await app.expect_log("ready: press the button")
-        # No sink left to play to; the microphone hears a null source.
-        server.pactl("unload-module", "module-null-sink")
-        server.pactl("load-module", "module-null-source", "source_name=quiet")
-        server.pactl("set-default-source", "quiet")
+        env = {**server.env, "APPLIANCE_EARCONS": "true"}
+        app = await launch(emulator.url, mic, env=env, card_speaker=True)
         await app.send("click")
-        await app.expect("state error  led error_device")
-        await app.expect_log("audio device still failing", count=2)
-        await app.expect("state idle", timeout=30)
+        await app.expect("state listening")
+        await app.expect_log("release ignored in listening")  # the click is over
+        with server.hung():
+            # The user's turn ends; the speaker cannot start for the answer.
+            await app.expect("state error  led error_device", timeout=30)
+            await app.expect_log("audio device still failing", count=2, timeout=30)
+        await app.expect("state listening", timeout=30)
         assert await app.quit() == 0
-    assert app.states() == ["idle", "connecting", "listening", "error", "idle"]
+    # The failed retries never showed "listening", not even for a moment.
+    assert app.states() == ["idle", "connecting", "listening", "error", "listening"]
     log = (app.workdir / "stderr.log").read_text(errors="replace")
     assert log.count("audio device failed") == 1  # then at DEBUG until it works
 
