@@ -338,7 +338,7 @@ def _common(b: _Builder, event: Event, kind: ErrorKind) -> bool | None:
             # A connection kept between push-to-talk turns dropped: the next press reconnects.
             return link is not Link.CLOSED
         if state is State.ERROR:
-            # The mic a device retry was trying failed again, or something else broke
+            # The audio a device retry was trying failed again, or something else broke
             # meanwhile: wait for the next retry, and show the newest cause.
             b.close_mic()
             b.schedule_retry()
