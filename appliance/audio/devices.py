@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
+_T = TypeVar("_T")
 
 # How long the loop waits for a PortAudio call that talks to the sound server (opening,
 # starting, probing or closing a stream), and for PortAudio's start-up, which opens every
@@ -107,9 +108,6 @@ def _error_code(exc: BaseException) -> int | None:
     return next((a for a in exc.args[:2] if isinstance(a, int)), None)
 
 
-_T = TypeVar("_T")
-
-
 def _describe_os_error(exc: BaseException) -> str:
     code = _error_code(exc)
     text = next((a for a in exc.args if isinstance(a, str)), str(exc))
@@ -175,10 +173,7 @@ class PortAudio:
     def hung(self) -> str | None:
         """The PortAudio call that has not returned although the loop gave up on it, if any."""
         hung = self._hung
-        if hung is None:
-            return None
-        what, since = hung
-        return f"{what} has not returned for {time.monotonic() - since:.0f} s"
+        return None if hung is None else f"{hung[0]} has not returned for {self.hung_s:.0f} s"
 
     def _bounded(
         self,
@@ -261,7 +256,7 @@ class PortAudio:
         while True:
             with self._lock:
                 if not self._closes_after_hang:
-                    seconds = time.monotonic() - self._hung[1] if self._hung else 0.0
+                    seconds = self.hung_s
                     self._hung = None
                     break
                 stream, pump = self._closes_after_hang.pop()
@@ -408,15 +403,11 @@ class PortAudio:
 
     def pause_stream(self, stream: Any, pump: _Pump) -> None:
         """Stop its device thread and abort the stream, leaving it open to start again."""
-        import pyaudio
-
         pump.cut_off()
-
-        def pause() -> None:
-            pump.join()  # PortAudio calls on one stream must not overlap
-            pyaudio.pa.abort_stream(stream._stream)
-
-        self._bounded("stopping an audio stream", pause)
+        try:
+            self._bounded("stopping an audio stream", lambda: self._abort(stream, pump))
+        except OSError as exc:  # the device failed: not worth keeping open
+            raise AudioDeviceError(_describe_os_error(exc)) from exc
 
     def close_stream(self, stream: Any, pump: _Pump | None = None) -> None:
         """Stop its device thread, abort (stopping would drain the device) and close.
@@ -448,14 +439,19 @@ class PortAudio:
             self._open_streams -= 1
 
     @staticmethod
-    def _abort_and_close(stream: Any, pump: _Pump | None) -> None:
+    def _abort(stream: Any, pump: _Pump | None) -> None:
+        """Wait for its device thread, then abort the stream (stopping would drain it)."""
         import pyaudio
 
         if pump is not None:
             pump.join()  # PortAudio calls on one stream must not overlap
+        # PyAudio's Stream has no abort method; its C module has.
+        pyaudio.pa.abort_stream(stream._stream)
+
+    @staticmethod
+    def _abort_and_close(stream: Any, pump: _Pump | None) -> None:
         try:
-            # PyAudio's Stream has no abort method; its C module has.
-            pyaudio.pa.abort_stream(stream._stream)
+            PortAudio._abort(stream, pump)
         except OSError as exc:  # the device failed; closing still frees it
             log.debug("aborting a failed stream: %s", exc)
         _close_quietly(stream)
@@ -835,7 +831,7 @@ class _PyAudioStream:
         if keep_open and pump is not None and pump.failure is None:
             try:
                 self._portaudio.pause_stream(stream, pump)
-            except AudioDeviceError as exc:  # the sound server hangs: closed below, later
+            except AudioDeviceError as exc:  # hangs or failed: closed below (later, if it hangs)
                 log.debug("the %s stream is closed, not kept open: %s", self.direction, exc)
             else:
                 self._paused = True
