@@ -687,6 +687,8 @@ class _PyAudioStream:
         self._buffer_frames = 0
         self._format: StreamFormat | None = None  # of the open stream
         self._paused = False  # the open stream was stopped, to start again (stop(keep_open))
+        self._resumed = False  # the open stream is one that was paused, not a fresh one
+        self._handler: Callable[[Samples], int | None] | None = None
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
         )
@@ -741,6 +743,8 @@ class _PyAudioStream:
                 raise RuntimeError(f"the {self.direction} stream is already open")
             # The stream stop(keep_open=True) left open: only a new device thread is needed.
             self._paused = False
+            self._resumed = True
+            self._handler = handler
             fmt = self._format
             self._pump = _Pump(
                 self._stream, self.direction, handler, fmt.period_frames, fmt.channels
@@ -778,11 +782,35 @@ class _PyAudioStream:
                 f"cannot open {self.direction} device {device.name!r} at {rate} Hz: {exc}"
             ) from exc
         self._pump = _Pump(self._stream, self.direction, handler, frames, channels)
+        self._resumed = False
+        self._handler = handler
         self.description = f"{self.direction} device {device.name!r}"
         self._format = StreamFormat(rate=rate, channels=channels, period_frames=frames)
         return self._format
 
     def start(self) -> None:
+        resumed, handler, chosen = self._resumed, self._handler, self._chosen
+        self._resumed = False
+        try:
+            self._start_open_stream()
+        except AudioDeviceError as exc:
+            # A stream kept open across a sound server restart belongs to a connection
+            # that is gone, and fails to start; a fresh one, in the same format, works.
+            if (
+                not resumed
+                or handler is None
+                or chosen is None
+                or chosen[0] != self._portaudio.generation
+                or isinstance(exc.__cause__, SoundServerHung)
+            ):
+                raise
+            log.info(
+                "the %s stream kept open does not start (%s): opened afresh", self.direction, exc
+            )
+            self._open_with(handler, *chosen[1:])
+            self._start_open_stream()
+
+    def _start_open_stream(self) -> None:
         if self._stream is None:
             raise RuntimeError(f"the {self.direction} stream is not open")
         try:

@@ -425,6 +425,32 @@ async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
         assert mic.status().healthy
 
 
+async def test_a_speaker_kept_open_across_a_sound_server_restart_opens_afresh(
+    private_pulse: PulseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between two answers the speaker's stream stays open; the sound server that held it
+    # may restart meanwhile (a crash, an update). The next answer must not fail for it.
+    server = private_pulse
+    loop = asyncio.get_running_loop()
+    with open_audio(
+        settings(monkeypatch, APPLIANCE_VOLUME="100"), service_input_rate=RATE, loop=loop
+    ) as audio:
+        speaker, portaudio = audio.speaker, audio.portaudio
+        assert portaudio is not None
+        speaker.start()
+        assert await heard_in_full(noise(0.3, seed=31), speaker, server.recording, 0) > 0.999
+        speaker.stop(keep_open=True)
+        assert portaudio.open_streams == 1
+        server.kill()
+        server.start()
+        start = server.recording.position
+        speaker.start()
+        assert portaudio.open_streams == 1  # the dead stream closed, a fresh one open
+        answer = noise(0.5, seed=32)
+        assert await heard_in_full(answer, speaker, server.recording, start) > 0.999
+        assert speaker.status().healthy
+
+
 async def answering_again(portaudio: PortAudio, within_s: float = 10) -> None:
     """Until the call PortAudio gave up on has returned (nothing signals it: polled)."""
     async with asyncio.timeout(within_s):
