@@ -40,6 +40,9 @@ _T = TypeVar("_T")
 # ALSA device to list them. Normally a few milliseconds and well under a second.
 CALL_TIMEOUT_S = 5.0
 INIT_TIMEOUT_S = 15.0
+# A device thread told to stop leaves its read or write within a period. One still in it
+# after this long is stuck there: the sound server hangs, and the close need not be waited for.
+STUCK_S = 1.0
 PREFERRED_RATE = 24000
 STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 _FALLBACK_RATES = (48000, 44100, 16000, 32000, 22050)
@@ -182,6 +185,7 @@ class PortAudio:
         *,
         if_late: Callable[[_T], object] | None = None,
         timeout_s: float | None = None,
+        blocked_s: float = 0.0,
     ) -> _T:
         """Run a PortAudio call that may talk to the sound server, waiting for it a bounded time.
 
@@ -193,10 +197,16 @@ class PortAudio:
         PortAudio's calls must not overlap, and the next one would only hang as well. When
         it returns at last, ``if_late`` gets what it returned (to release a stream opened
         for nobody), the streams whose close had to wait are closed, and audio works again.
+
+        ``blocked_s``: the call is known to have been blocked that long already (it waits
+        for a device thread stuck in PortAudio): it is given up on at once.
         """
         if self._hung is not None:
             raise SoundServerHung(f"the sound system does not answer: {self.hung}")
-        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        if blocked_s:
+            timeout_s = 0.0
+        elif timeout_s is None:
+            timeout_s = self.call_timeout_s
         handoff = threading.Lock()
         returned = threading.Event()
         outcome: list[tuple[bool, Any]] = []
@@ -219,21 +229,22 @@ class PortAudio:
         with _quiet_stderr():  # PortAudio's probing chatter; not around our own logging
             finished = returned.wait(timeout_s)
         if not finished:
+            waited_s = max(timeout_s, blocked_s)
             with handoff:
                 if not outcome:
                     given_up = True
                     with self._lock:
-                        self._hung = (what, time.monotonic() - timeout_s)
+                        self._hung = (what, time.monotonic() - waited_s)
             if given_up:
                 log.error(
                     "%s did not return within %.0f s: the sound server hangs. Audio fails "
                     "until it answers again.",
                     what,
-                    timeout_s,
+                    waited_s,
                 )
                 raise SoundServerHung(
                     f"the sound system does not answer ({what} did not return within "
-                    f"{timeout_s:g} s)"
+                    f"{waited_s:g} s)"
                 )
         ok, value = outcome[0]
         if not ok:
@@ -405,7 +416,11 @@ class PortAudio:
         """Stop its device thread and abort the stream, leaving it open to start again."""
         pump.cut_off()
         try:
-            self._bounded("stopping an audio stream", lambda: self._abort(stream, pump))
+            self._bounded(
+                "stopping an audio stream",
+                lambda: self._abort(stream, pump),
+                blocked_s=_stuck_s(pump),
+            )
         except OSError as exc:  # the device failed: not worth keeping open
             raise AudioDeviceError(_describe_os_error(exc)) from exc
 
@@ -429,6 +444,7 @@ class PortAudio:
                 "closing an audio stream",
                 lambda: self._abort_and_close(stream, pump),
                 if_late=lambda _: self._count_closed(),
+                blocked_s=0.0 if pump is None else _stuck_s(pump),
             )
         except AudioDeviceError:
             return  # counted as open until this close returns after all (if_late)
@@ -471,6 +487,11 @@ class PortAudio:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _stuck_s(pump: _Pump) -> float:
+    """How long the cut-off ``pump``'s thread has been stuck in PortAudio (0: it is out)."""
+    return 0.0 if pump.leaves_portaudio(STUCK_S) else STUCK_S
 
 
 def _close_quietly(stream: Any) -> None:
@@ -570,6 +591,13 @@ class _Pump:
         """Wait until the thread is out of PortAudio (at most a period, unless it hangs)."""
         if self.thread.ident is not None:
             self.thread.join()
+
+    def leaves_portaudio(self, within_s: float) -> bool:
+        """Whether the cut-off thread ends within ``within_s`` (False: stuck in a call)."""
+        if self.thread.ident is None:
+            return True
+        self.thread.join(within_s)
+        return not self.thread.is_alive()
 
     def deliver(self, data: bytes) -> None:
         """One period captured: hand it to the microphone (the device side, every period)."""

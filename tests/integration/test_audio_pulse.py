@@ -510,6 +510,39 @@ async def test_a_hung_sound_server_never_hangs_the_loop_and_audio_comes_back(
         await asyncio.wait_for(mic.next_chunk(), 10)
 
 
+async def test_a_stream_stuck_in_a_hung_server_is_given_up_without_waiting_for_the_timeout(
+    private_pulse: PulseServer,
+) -> None:
+    # Closing a stream waits for its device thread; one stuck in a read from a stopped
+    # server would hold the loop for the whole call timeout. It is seen stuck sooner.
+    server = private_pulse
+    loop = asyncio.get_running_loop()
+    with (
+        PortAudio(call_timeout_s=120) as portaudio,
+        open_audio(
+            AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
+        ) as audio,
+    ):
+        mic, speaker = audio.mic, audio.speaker
+        mic.start()
+        speaker.start()
+        await asyncio.wait_for(mic.next_chunk(), 10)
+        with server.hung():
+            started = time.monotonic()
+            mic.stop()
+            speaker.stop()
+            assert time.monotonic() - started < 60  # STUCK_S each, not 120 s
+            assert portaudio.hung is not None
+            with pytest.raises(SoundServerHung):
+                speaker.start()
+        await answering_again(portaudio)
+        assert portaudio.open_streams == 0
+        mic.start()
+        speaker.start()
+        await asyncio.wait_for(mic.next_chunk(), 10)
+        assert speaker.status().healthy
+
+
 def test_appliance_devices_lists_devices_and_rates(pulse: PulseServer) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "devices"],
