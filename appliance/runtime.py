@@ -36,7 +36,7 @@ from appliance.hardware.simulated import (
     stdin_lines,
 )
 from appliance.state import Event
-from appliance.system.notify import Notifier, Watchdog, advancing
+from appliance.system.notify import Notifier, Probe, Watchdog, advancing
 from appliance.system.reload import Reloaded, Reloader
 
 if TYPE_CHECKING:
@@ -270,12 +270,7 @@ class Runtime:
         )
         portaudio = appliance.audio.portaudio
         if portaudio is not None:
-            # A call that has hung this long will not come back by itself (libpulse can
-            # deadlock when its server dies): a restart gets a fresh sound library.
-            self.watchdog.add_probe(
-                "sound server",
-                lambda: portaudio.hung if portaudio.hung_s > SOUND_SERVER_HANG_S else None,
-            )
+            self.watchdog.add_probe("sound server", sound_server_probe(portaudio))
         self.watchdog.add_probe(
             "connection",
             lambda: None if appliance.session.healthy() else "the connection stopped answering",
@@ -315,6 +310,19 @@ class Runtime:
         pin = self.pin_factory.pin(self.settings.gpio.led_pin)
         states = [{"after_s": s.timestamp, "level": float(s.state)} for s in pin.states]
         path.write_text(json.dumps(states))
+
+
+def sound_server_probe(portaudio: PortAudio, limit_s: float = SOUND_SERVER_HANG_S) -> Probe:
+    """A watchdog probe that fails once a PortAudio call has hung for ``limit_s``.
+
+    Such a call will not come back by itself (libpulse can deadlock when its server dies);
+    the restart that the failing probe leads to gets a fresh sound library.
+    """
+
+    def probe() -> str | None:
+        return portaudio.hung if portaudio.hung_s > limit_s else None
+
+    return probe
 
 
 def _has_sound_card(audio: AudioSettings, direction: str, shared: PortAudio | None) -> bool:

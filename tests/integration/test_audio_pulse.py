@@ -16,6 +16,7 @@ from appliance.audio import Audio, Earcon, Speaker, earcon, open_audio
 from appliance.audio.devices import PortAudio, PyAudioOutput
 from appliance.config import AudioSettings
 from appliance.errors import AudioDeviceError, SoundServerHung
+from appliance.runtime import sound_server_probe
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer, SinkRecording
 
 RATE = 24000
@@ -535,7 +536,14 @@ async def test_a_stream_stuck_in_a_hung_server_is_given_up_without_waiting_for_t
             assert portaudio.hung is not None
             with pytest.raises(SoundServerHung):
                 speaker.start()
+            # Hung past the limit: the watchdog's probe fails, so systemd restarts us.
+            hung_for = portaudio.hung_s
+            assert sound_server_probe(portaudio, limit_s=hung_for + 3600)() is None
+            failing = sound_server_probe(portaudio, limit_s=hung_for / 2)()
+            assert failing is not None
+            assert "closing an audio stream has not returned" in failing
         await answering_again(portaudio)
+        assert sound_server_probe(portaudio, limit_s=0)() is None
         assert portaudio.open_streams == 0
         mic.start()
         speaker.start()
