@@ -7,7 +7,10 @@ into the mic sink in real time; the figures come from the appliance's own log li
 (the same values it sends to journald as APPLIANCE_*_MS fields) and from /proc.
 
 A second, shorter conversation runs with the low-power setting the README describes
-(``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=40``) for its CPU and latency cost.
+(``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=40``) for its CPU and latency cost, and
+a third with the buffer sizes of the SDK's own sample assistant (50 ms periods for the
+microphone and the speaker), so that its CPU can be compared with the sample's at equal
+wake-up rates.
 
 The null sinks are kept awake by ``parec`` readers asking for BENCH_KEEPALIVE_MS (40, the
 appliance's own microphone period): a null sink hands its recorders a fragment as often as
@@ -15,7 +18,8 @@ its most demanding reader asks, and a 10 ms reader would wake the appliance's mi
 four times a period, which a real microphone does not do (see tests/fixtures/pulse.py).
 
 Knobs: BENCH_IDLE_S (30), BENCH_SILENT_S (30), BENCH_TALK_S (300), BENCH_TURNS (200),
-BENCH_PTT_TURNS (12), BENCH_LOW_POWER_TURNS (15), BENCH_KEEPALIVE_MS (40).
+BENCH_PTT_TURNS (12), BENCH_LOW_POWER_TURNS (15), BENCH_SAMPLE_SIZES_TURNS (15),
+BENCH_KEEPALIVE_MS (40).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ PTT_TURNS = int(os.environ.get("BENCH_PTT_TURNS", "12"))
 LOW_POWER_TURNS = int(os.environ.get("BENCH_LOW_POWER_TURNS", "15"))
 KEEPALIVE_MS = int(os.environ.get("BENCH_KEEPALIVE_MS", "40"))
 LOW_POWER = {"APPLIANCE_CHUNK_MS": "100", "APPLIANCE_PERIOD_MS": "40"}
+SAMPLE_SIZES_TURNS = int(os.environ.get("BENCH_SAMPLE_SIZES_TURNS", "15"))
+SAMPLE_SIZES = {"APPLIANCE_CHUNK_MS": "50", "APPLIANCE_PERIOD_MS": "50"}
 APPLIANCE = Path(sys.executable).with_name("appliance")
 TICK_S = os.sysconf("SC_CLK_TCK")
 KEY = "bench-key-0123456789abcdef"
@@ -311,6 +317,9 @@ def main() -> None:
         try:
             talk = conversation(pulse, url)
             low = conversation(pulse, url, turns_wanted=LOW_POWER_TURNS, idle_s=0, **LOW_POWER)
+            sample_sizes = conversation(
+                pulse, url, turns_wanted=SAMPLE_SIZES_TURNS, idle_s=0, **SAMPLE_SIZES
+            )
             press = push_to_talk(pulse, url)
             lean = lean_memory(pulse, url, lean_alsa_config(Path(root)))
         finally:
@@ -335,7 +344,11 @@ def main() -> None:
         f"null sinks kept awake at {KEEPALIVE_MS} ms)",
         ["phase", "CPU %"],
         [[name, value] for name, value in talk.cpu.items()]
-        + [[f"low power: {name}", value] for name, value in low.cpu.items()],
+        + [[f"low power: {name}", value] for name, value in low.cpu.items()]
+        + [
+            [f"the SDK sample's 50 ms buffers: {name}", value]
+            for name, value in sample_sizes.cpu.items()
+        ],
     )
     table(
         "Appliance memory (MiB)",
