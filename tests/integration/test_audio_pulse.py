@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -452,6 +453,19 @@ async def test_a_speaker_kept_open_across_a_sound_server_restart_opens_afresh(
         assert speaker.status().healthy
 
 
+@contextlib.contextmanager
+def audio_waiting_at_most(call_timeout_s: float) -> Iterator[tuple[PortAudio, Audio]]:
+    """Audio on a PortAudio of its own that waits ``call_timeout_s`` for a call (on a loop)."""
+    loop = asyncio.get_running_loop()
+    with (
+        PortAudio(call_timeout_s=call_timeout_s) as portaudio,
+        open_audio(
+            AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
+        ) as audio,
+    ):
+        yield portaudio, audio
+
+
 async def answering_again(portaudio: PortAudio, within_s: float = 10) -> None:
     """Until the call PortAudio gave up on has returned (nothing signals it: polled)."""
     async with asyncio.timeout(within_s):
@@ -465,13 +479,7 @@ async def test_a_hung_sound_server_never_hangs_the_loop_and_audio_comes_back(
     # A stopped (or deadlocked) sound server makes the ALSA pulse plugin wait for ever in
     # whatever PortAudio call is running: opening a stream, starting it, closing it.
     server = private_pulse
-    loop = asyncio.get_running_loop()
-    with (
-        PortAudio(call_timeout_s=1.0) as portaudio,
-        open_audio(
-            AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
-        ) as audio,
-    ):
+    with audio_waiting_at_most(1.0) as (portaudio, audio):
         mic, speaker = audio.mic, audio.speaker
         mic.start()
         await asyncio.wait_for(mic.next_chunk(), 10)
@@ -517,13 +525,7 @@ async def test_a_stream_stuck_in_a_hung_server_is_given_up_without_waiting_for_t
     # Closing a stream waits for its device thread; one stuck in a read from a stopped
     # server would hold the loop for the whole call timeout. It is seen stuck sooner.
     server = private_pulse
-    loop = asyncio.get_running_loop()
-    with (
-        PortAudio(call_timeout_s=120) as portaudio,
-        open_audio(
-            AudioSettings(), service_input_rate=RATE, loop=loop, portaudio=portaudio
-        ) as audio,
-    ):
+    with audio_waiting_at_most(120) as (portaudio, audio):
         mic, speaker = audio.mic, audio.speaker
         mic.start()
         speaker.start()
