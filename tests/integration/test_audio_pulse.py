@@ -45,6 +45,31 @@ def pitch(samples: np.ndarray, rate: int) -> float:
     return float(np.argmax(spectrum) * rate / len(samples))
 
 
+def without_gaps(samples: np.ndarray, shortest: int = 8) -> np.ndarray:
+    """``samples`` without their runs of ``shortest`` or more exact zeros.
+
+    On a busy machine the device thread of this test process may miss the sound server's
+    deadline. The server then plays silence, and the rest of the stream after it: late,
+    but complete (the test sinks never rewind, see tests/fixtures/pulse.py). That silence
+    is the machine's, not the appliance's: the speaker counts its own underruns, which the
+    tests assert apart. Only runs of exact zeros go, which noise and tones do not have, so
+    a sample lost, repeated or out of order still fails the comparison.
+    """
+    return np.concatenate(sounds(samples, shortest) or [samples[:0]])
+
+
+def sounds(samples: np.ndarray, shortest: int = 8) -> list[np.ndarray]:
+    """The parts of ``samples`` between runs of ``shortest`` or more exact zeros."""
+    silent = np.concatenate([[False], samples == 0, [False]])
+    edges = np.flatnonzero(np.diff(silent.astype(np.int8)))
+    gaps = [(start, end) for start, end in zip(edges[::2], edges[1::2], strict=True)]
+    bounds = [0] + [i for start, end in gaps if end - start >= shortest for i in (start, end)]
+    bounds.append(len(samples))
+    # A sound's own zero at its edge cannot be told from the silence beside it.
+    parts = [np.trim_zeros(samples[a:b]) for a, b in zip(bounds[::2], bounds[1::2], strict=True)]
+    return [part for part in parts if len(part)]
+
+
 def find(needle: np.ndarray, haystack: np.ndarray) -> tuple[int, float]:
     """Where ``needle`` is in ``haystack`` and how well it matches there (1.0 = exactly)."""
     size = len(haystack) + len(needle)
@@ -83,7 +108,7 @@ async def heard_in_full(
     speaker.finish()
     await asyncio.wait_for(speaker.drained.wait(), 10)
     await recording.until(start + RATE * 2)
-    return find(answer, recording.samples(start, start + RATE * 2))[1]
+    return find(answer, without_gaps(recording.samples(start, start + RATE * 2)))[1]
 
 
 async def until(condition: Callable[[], bool], audio: Audio, within_s: float = 10) -> None:
@@ -133,9 +158,10 @@ async def test_playback_reaches_the_sink(audio: Audio, pulse: PulseServer) -> No
     await asyncio.wait_for(speaker.drained.wait(), 10)
     assert speaker.played_ms("item") == 500
     await recording.until(start + RATE * 2)
-    offset, score = find(answer, recording.samples(start, start + RATE * 2))
+    recorded = without_gaps(recording.samples(start, start + RATE * 2))
+    offset, score = find(answer, recorded)
     assert score > 0.999
-    assert list(recording.samples(start + offset, start + offset + len(answer))) == list(answer)
+    assert list(recorded[offset : offset + len(answer)]) == list(answer)
     assert speaker.underruns == 0
 
 
@@ -222,6 +248,7 @@ async def answered_after_silence(
 
 
 def played_exactly(samples: np.ndarray, recorded: np.ndarray) -> bool:
+    recorded = without_gaps(recorded)
     offset, _ = find(samples, recorded)
     return list(recorded[offset : offset + len(samples)]) == list(samples)
 
@@ -289,7 +316,7 @@ async def test_speaker_conversion_at_44100_keeps_a_tone(
         speaker.finish()
         await asyncio.wait_for(speaker.drained.wait(), 10)
         await recording.until(start + RATE * 2)
-        played = recording.samples(start, start + RATE * 2)
+        played = without_gaps(recording.samples(start, start + RATE * 2))
     loud = np.flatnonzero(np.abs(played) > 1000)
     sounding = played[loud[0] : loud[-1] + 1]
     assert len(sounding) == pytest.approx(RATE, abs=RATE // 100)
@@ -336,7 +363,7 @@ async def test_barge_in_cuts_the_answer_where_it_was(audio: Audio, pulse: PulseS
     assert after[0, 1] in (0, 480)
     assert not after[1:, 1].any()
     await recording.until(recording.position + RATE)  # everything handed has been played
-    recorded = recording.samples(start, recording.position)
+    recorded = without_gaps(recording.samples(start, recording.position))
     sounding = np.flatnonzero(np.abs(recorded) > 1000)
     heard_ms = (sounding[-1] - sounding[0]) * 1000 / RATE
     assert heard_ms == pytest.approx(cut.played_ms, abs=25)
@@ -352,8 +379,11 @@ async def test_earcons_and_answers_share_the_speaker(audio: Audio, pulse: PulseS
     speaker.finish()
     await asyncio.wait_for(speaker.drained.wait(), 10)
     await recording.until(start + RATE * 2)
-    _, score = find(earcon(Earcon.LISTENING), recording.samples(start, start + RATE * 2))
-    assert score > 0.999
+    recorded = without_gaps(recording.samples(start, start + RATE * 2))
+    chime = sounds(earcon(Earcon.LISTENING))  # two notes, with a silence of its own between
+    assert len(chime) == 2
+    for note in chime:
+        assert find(note, recorded)[1] > 0.999
 
 
 async def test_status_tells_a_running_stream_from_a_stopped_one(audio: Audio) -> None:
@@ -391,7 +421,7 @@ async def test_a_missing_device_is_a_readable_error(monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def private_pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
     """A PulseAudio server of the test's own, to kill or stop; this process's env points at it."""
-    with PulseServer(tmp_path / "pulse") as server:
+    with PulseServer(tmp_path / "pulse", speaker_rewinds=False) as server:
         for name, value in server.env.items():
             monkeypatch.setenv(name, value)
         yield server
@@ -440,7 +470,8 @@ async def test_a_speaker_kept_open_across_a_sound_server_restart_opens_afresh(
         speaker, portaudio = audio.speaker, audio.portaudio
         assert portaudio is not None
         speaker.start()
-        assert await heard_in_full(noise(0.3, seed=31), speaker, server.recording, 0) > 0.999
+        start = server.recording.position
+        assert await heard_in_full(noise(0.3, seed=31), speaker, server.recording, start) > 0.999
         speaker.stop(keep_open=True)
         assert portaudio.open_streams == 1
         server.kill()
