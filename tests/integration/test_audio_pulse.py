@@ -21,10 +21,10 @@ from appliance.runtime import sound_server_probe
 from tests.fixtures.pulse import SINE_HZ, SINE_SOURCE, PulseServer, SinkRecording
 
 RATE = 24000
-REWINDLESS_SINK = "appliance_rewindless"
+CARD_LIKE_SINK = "appliance_card_like"
 
-# A null sink may swallow the first few ms of a new stream (it rewinds when the stream
-# starts): streams begin with silence where exact contents are compared.
+# Silence before the sound a test compares, as before an answer: the comparison finds
+# the sound after it, wherever the stream's start fell in the recording.
 LEAD_IN = np.zeros(RATE // 10, dtype=np.int16)
 
 pytestmark = pytest.mark.usefixtures("pulse")
@@ -190,43 +190,15 @@ async def test_the_speaker_kept_open_between_answers_plays_the_next_in_full(
     assert await heard_in_full(noise(0.3, seed=24), speaker, recording, start) > 0.999
 
 
-@pytest.fixture(scope="module")
-def rewindless_recording(pulse: PulseServer) -> Iterator[SinkRecording]:
-    """What a second null sink played, one that never rewinds.
-
-    When a stream starts on a running sink, the sink mixes it into what it had rendered but
-    not yet played ("rewinds"), so that it is heard at once. A sound card plays the new
-    mix. A null sink's monitor has handed the old one to its recorders already, and skips
-    the new stream's first milliseconds instead. Without rewinds, the recording is what the
-    sink played, sample for sample, also when a stream starts afresh.
-    """
-    module = pulse.pactl(
-        "load-module",
-        "module-null-sink",
-        f"sink_name={REWINDLESS_SINK}",
-        f"rate={RATE}",
-        "channels=1",
-        "norewinds=1",
-    ).strip()
-    recording = SinkRecording(pulse.client_env(), REWINDLESS_SINK)
-    try:
-        recording.wait_until(RATE // 10, timeout=30)
-        yield recording
-    finally:
-        recording.close()
-        pulse.pactl("unload-module", module)
-
-
 @pytest.fixture
 async def speaker_device(
-    audio: Audio, rewindless_recording: SinkRecording, monkeypatch: pytest.MonkeyPatch
+    audio: Audio, pulse: PulseServer
 ) -> AsyncIterator[tuple[Speaker, PyAudioOutput, SinkRecording]]:
-    """A speaker on the sink without rewinds, its device, and the sink's recording."""
+    """A speaker on a device of its own, the device, and the speaker sink's recording."""
     assert audio.portaudio is not None
-    monkeypatch.setenv("PULSE_SINK", REWINDLESS_SINK)  # read by libpulse as a stream opens
     device = PyAudioOutput(audio.portaudio)
     with Speaker(device, loop=asyncio.get_running_loop(), volume=100) as speaker:
-        yield speaker, device, rewindless_recording
+        yield speaker, device, pulse.recording
 
 
 async def answered_after_silence(
@@ -343,8 +315,35 @@ async def test_microphone_conversion_from_48000_keeps_a_tone(
     assert audio.mic.level.peak > 0.1
 
 
-async def test_barge_in_cuts_the_answer_where_it_was(audio: Audio, pulse: PulseServer) -> None:
-    speaker, recording = audio.speaker, pulse.recording
+@pytest.fixture(scope="module")
+def card_like_recording(pulse: PulseServer) -> Iterator[SinkRecording]:
+    """What a second null sink played, one that rewinds as a sound card's does.
+
+    A flushed stream (a barge-in) is then taken back from what the sink had rendered
+    ahead, as a card takes it back from what it had not played yet. On the tests' own
+    sink, which never rewinds (see tests/fixtures/pulse.py), that part is heard.
+    """
+    module = pulse.pactl(
+        "load-module",
+        "module-null-sink",
+        f"sink_name={CARD_LIKE_SINK}",
+        f"rate={RATE}",
+        "channels=1",
+    ).strip()
+    recording = SinkRecording(pulse.client_env(), CARD_LIKE_SINK)
+    try:
+        recording.wait_until(RATE // 10, timeout=30)
+        yield recording
+    finally:
+        recording.close()
+        pulse.pactl("unload-module", module)
+
+
+async def test_barge_in_cuts_the_answer_where_it_was(
+    audio: Audio, card_like_recording: SinkRecording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PULSE_SINK", CARD_LIKE_SINK)  # read by libpulse as a stream opens
+    speaker, recording = audio.speaker, card_like_recording
     audio.mic.start()
     speaker.start()
     start = recording.position
