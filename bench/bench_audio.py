@@ -22,12 +22,14 @@ import numpy as np
 from appliance.audio import Audio, Microphone, Speaker, open_audio
 from appliance.audio.devices import _Pump
 from appliance.audio.ring import RingBuffer
+from appliance.audio.streams import StreamFormat
 from appliance.config import AudioSettings
 from bench.report import median, percentile, table
 from tests.fixtures.pulse import PulseServer, SinkRecording
 
 RATE = 24000
 FRAME = 480  # 20 ms at 24 kHz
+PERIOD_FORMAT = StreamFormat(rate=RATE, channels=1, period_frames=FRAME)
 CALLBACKS = 10_000
 DUPLEX_S = float(os.environ.get("BENCH_AUDIO_SECONDS", "60"))
 IDLE_S = float(os.environ.get("BENCH_AUDIO_IDLE_SECONDS", "10"))
@@ -105,8 +107,8 @@ async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[obj
             t = np.arange(int(seconds * RATE)) / RATE
             speaker.play((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), "item")
             # What a device thread does with each period, minus PortAudio's read or write.
-            input_pump = _Pump(None, "input", mic._capture, FRAME, 1)
-            output_pump = _Pump(None, "output", speaker._render, FRAME, 1)
+            input_pump = _Pump(None, "input", mic._capture, PERIOD_FORMAT)
+            output_pump = _Pump(None, "output", speaker._render, PERIOD_FORMAT)
             in_data = (np.arange(FRAME, dtype=np.int16) * 3).tobytes()
             rows = []
             for name, call in (

@@ -545,7 +545,9 @@ class _Pump:
 
     An output pump also empties the device when it holds nothing but silence and sound
     comes that can fill it again (see :meth:`_play`): an answer is then heard at once, not
-    after the silence the device buffered while the service was thinking.
+    after the silence the device buffered while the service was thinking. It waits for
+    room in the device where the loop can wake it, not inside PortAudio's write, so a
+    barge-in's drop is carried out at once rather than after up to a period.
 
     A new stream gets a new pump, so a stream that could not be closed (see
     :meth:`PortAudio.close_stream`) can never reach the microphone or speaker again.
@@ -556,14 +558,19 @@ class _Pump:
         stream: Any,
         direction: Direction,
         handler: Callable[[Samples], int | None],
-        frames: int,
-        channels: int,
+        stream_format: StreamFormat,
     ) -> None:
         self.stream = stream
         self.direction = direction
         self.handler: Callable[[Samples], int | None] | None = handler
-        self.frames = frames
-        self.channels = channels
+        self.frames = frames = stream_format.period_frames
+        self.channels = channels = stream_format.channels
+        self.rate = stream_format.rate
+        # Held while nobody wakes the output thread: the loop releases it to end its wait
+        # for room (a drop, or the end). A bare lock is a binary semaphore that allocates
+        # nothing per wait, unlike threading.Event.
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
         self.drop_requested = False  # set by the loop: discard what the device holds
         # Output: how many frames the device buffers ahead of what it plays (set at start).
@@ -586,6 +593,16 @@ class _Pump:
         """Stop moving samples: the handler is not called again once a call in flight ends."""
         self.running = False
         self.handler = None
+        self.wake()
+
+    def request_drop(self) -> None:
+        """Have the output thread discard what the device holds, now if it waits for room."""
+        self.drop_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # not held: a wake-up is already pending
+            self._wake.release()
 
     def join(self) -> None:
         """Wait until the thread is out of PortAudio (at most a period, unless it hangs)."""
@@ -638,6 +655,10 @@ class _Pump:
         from pyaudio import _portaudio as pa
 
         write, stream, frames, fill = pa.write_stream, self.stream._stream, self.frames, self.fill
+        room_in, wait_for_wake = pa.get_stream_write_available, self._wake.acquire
+        # How long until a period's room is free, by the room there is now (no float made
+        # per period).
+        waits = [(frames - room) / self.rate for room in range(frames)]
         buffer, buffer_periods = self.buffer, -(-self.buffer_frames // frames)
         buffer_samples = self.buffer_frames * self.channels
         # Without a known buffer nothing says what the device holds: never drop it then.
@@ -647,6 +668,15 @@ class _Pump:
         silent, emptied = buffer_periods, True
         while self.running:
             try:
+                room = room_in(stream)
+                if room < frames:
+                    # Waiting here rather than in the write lets a drop end the wait. Once,
+                    # then the write waits for the rest: a stream stuck in a hung server
+                    # stays stuck inside PortAudio, where closing it tells (see
+                    # PortAudio.close_stream).
+                    wait_for_wake(True, waits[room])
+                    if self.handler is None:  # cut off while it waited
+                        return
                 if self.drop_requested:
                     self.drop_requested = False
                     self._restart(pa, stream)
@@ -670,6 +700,7 @@ class _Pump:
                     silent = 0
                 emptied = False
                 # Not raising on an underflow: PyAudio closes the stream when it raises one.
+                # There is room by now: this blocks for what the wait's estimate fell short.
                 write(stream, buffer, frames, False)
             except OSError as exc:
                 self._failed(exc)
@@ -773,11 +804,8 @@ class _PyAudioStream:
             self._paused = False
             self._resumed = True
             self._handler = handler
-            fmt = self._format
-            self._pump = _Pump(
-                self._stream, self.direction, handler, fmt.period_frames, fmt.channels
-            )
-            return fmt
+            self._pump = _Pump(self._stream, self.direction, handler, self._format)
+            return self._format
         chosen = self._chosen
         if chosen is not None and chosen[0] == self._portaudio.generation:
             try:
@@ -809,11 +837,11 @@ class _PyAudioStream:
             raise AudioDeviceError(
                 f"cannot open {self.direction} device {device.name!r} at {rate} Hz: {exc}"
             ) from exc
-        self._pump = _Pump(self._stream, self.direction, handler, frames, channels)
+        self._format = StreamFormat(rate=rate, channels=channels, period_frames=frames)
+        self._pump = _Pump(self._stream, self.direction, handler, self._format)
         self._resumed = False
         self._handler = handler
         self.description = f"{self.direction} device {device.name!r}"
-        self._format = StreamFormat(rate=rate, channels=channels, period_frames=frames)
         return self._format
 
     def start(self) -> None:
@@ -916,7 +944,8 @@ class PyAudioOutput(_PyAudioStream):
         return self._past_silence_skips + (self._pump.silence_skips if self._pump else 0)
 
     def drop_buffered(self) -> int:
-        """Have the device thread discard the device's buffer after its current write.
+        """Have the device thread discard the device's buffer: at once while it waits for
+        room, which is most of the time; else right after its current write.
 
         Without this, a barge-in would still be heard for as long as that buffer lasts
         (three periods on the ALSA pulse device) after the speaker goes silent.
@@ -924,7 +953,7 @@ class PyAudioOutput(_PyAudioStream):
         pump = self._pump
         if pump is None or not pump.running:
             return 0
-        pump.drop_requested = True
+        pump.request_drop()
         return self._buffer_frames
 
 
