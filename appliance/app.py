@@ -612,7 +612,7 @@ class Appliance:
 
     def _log_barge_in(self, started_ns: int) -> None:
         silent = self.audio.speaker.first_render_after_ns(started_ns)
-        origin = getattr(self, "_barge_in_from", started_ns)
+        origin = self._barge_in_from or started_ns  # when the press or speech_started came
         if silent is None:
             return
         barge_ms = (silent - origin) / 1e6
