@@ -109,6 +109,7 @@ class Appliance:
         self._commands: deque[tuple[str, Callable[[], Awaitable[object]]]] = deque()
         self._commands_waiting = asyncio.Event()
         self._can_stream = asyncio.Event()
+        self._streams_running = asyncio.Event()  # set when a stream starts (see _watch_audio)
         self._send_lock = asyncio.Lock()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._speaker_stop: asyncio.TimerHandle | None = None
@@ -208,6 +209,7 @@ class Appliance:
         retrying = self.context.state is State.ERROR
         try:
             self.audio.mic.start()
+            self._streams_running.set()
             if retrying:
                 # Either device may be the one that failed: a retry that opened only the mic
                 # would show "listening" and fail again at the first earcon or answer.
@@ -381,19 +383,9 @@ class Appliance:
 
     async def _stream_microphone(self) -> None:
         mic = self.audio.mic
-        checked = time.monotonic()
         while True:
             await self._can_stream.wait()
-            try:
-                async with asyncio.timeout(AUDIO_CHECK_S):
-                    chunk = await mic.next_chunk()
-            except TimeoutError:  # the microphone went quiet: has its device failed?
-                checked = time.monotonic()
-                self._check_audio()
-                continue
-            if time.monotonic() - checked >= AUDIO_CHECK_S:
-                checked = time.monotonic()
-                self._check_audio()
+            chunk = await mic.next_chunk()  # a microphone that went quiet: see _watch_audio
             self.led.catch_up()
             if self.view is not None and self.view.live:
                 self.view.mic_level(mic.level.rms)
@@ -500,6 +492,21 @@ class Appliance:
             opened = self.context.mic_open and self.context.state is not State.IDLE
             self._press_ns = self._barge_in_from if opened else None
 
+    async def _watch_audio(self) -> None:
+        """Check the running streams every AUDIO_CHECK_S while any runs (see _check_audio).
+
+        Polled, because a device that stalls sends nothing; and on its own, because the
+        speaker may be the only stream (push-to-talk closes the microphone for the answer).
+        With no stream running, as in idle, this does not wake.
+        """
+        mic, speaker = self.audio.mic, self.audio.speaker
+        while True:
+            await self._streams_running.wait()
+            await asyncio.sleep(AUDIO_CHECK_S)
+            self._check_audio()
+            if not (mic.started or speaker.started):
+                self._streams_running.clear()  # set again when one starts
+
     def _check_audio(self) -> None:
         """Report a running stream whose device failed or stopped calling back, and stop it.
 
@@ -547,6 +554,7 @@ class Appliance:
                 raise
             self._device_failed(exc)
         else:
+            self._streams_running.set()
             self._device_works()
 
     def _stop_speaker_later(self) -> None:
@@ -635,6 +643,7 @@ class Appliance:
                 self._tasks = tasks
                 tasks.create_task(self._run_commands(), name="commands")
                 tasks.create_task(self._stream_microphone(), name="microphone")
+                tasks.create_task(self._watch_audio(), name="audio watch")
                 tasks.create_task(self.led.run(), name="led")
                 tasks.create_task(self._until_stopped(), name="stop")
                 self.handle_ready()

@@ -451,6 +451,46 @@ async def test_a_failed_speaker_keeps_the_device_error_until_it_opens_again(
     assert log.count("audio device failed") == 1  # then at DEBUG until it works
 
 
+async def test_a_speaker_that_stalls_while_the_microphone_is_closed_is_reported(
+    tmp_path: Path, emulator: Emulator, launch: Launcher
+) -> None:
+    """Push-to-talk: once the button is up, only the answer streams. The sound server stops
+    mid-answer; the stalled speaker is reported (not left "responding" until a press), and
+    the next turn is heard once the server answers again."""
+    mic = write_wav(tmp_path / "mic.wav", quiet(200), tone(4000, 300), quiet(60000))
+    with PulseServer(tmp_path / "pulse") as server:
+        env = {**server.env, "APPLIANCE_BUTTON_MODE": "push_to_talk"}
+        app = await launch(emulator.url, mic, env=env, card_speaker=True)
+        await app.expect("state idle")
+        await app.send("press")
+        await app.expect("state listening")
+        record = await emulator.wait_for_connection(1)
+        spoken = 4.3 * RATE * 2  # bytes: the whole tone
+        await emulator.wait_until(lambda: len(record.audio_received()) >= spoken, timeout=15)
+        await app.send("release")
+        await app.expect("state responding")
+        # Until the answer's sound reaches the sink: the speaker is mid-answer (4 s of it).
+        speaker = server.recording
+        heard_from = speaker.position
+        async with asyncio.timeout(10):
+            while not np.any(speaker.samples(heard_from, speaker.position)):
+                await speaker.until(speaker.position + RATE // 10)
+        with server.hung():
+            await app.expect("state error  led error_device", timeout=30)
+        await app.expect("state idle", timeout=30)  # the retry: nothing streams between turns
+        await app.expect_log("the sound server answers again")  # the stuck close is done
+        sent = len(record.audio_received())
+        await app.send("press")
+        await app.expect("state listening")
+        await emulator.wait_until(lambda: len(record.audio_received()) >= sent + RATE, timeout=15)
+        await app.send("release")
+        await app.expect("state responding")
+        await app.expect("state idle", timeout=30)  # the second answer played to its end
+        assert await app.quit() == 0
+    log = (app.workdir / "stderr.log").read_text(errors="replace")
+    assert "audio device failed: output device 'default': no audio callback" in log
+
+
 async def test_without_endpoint_or_sound_card_it_uses_the_emulator_and_the_sample(
     tmp_path: Path,
 ) -> None:
