@@ -478,7 +478,9 @@ async def test_a_speaker_that_stalls_while_the_microphone_is_closed_is_reported(
         with server.hung():
             await app.expect("state error  led error_device", timeout=30)
         await app.expect("state idle", timeout=30)  # the retry: nothing streams between turns
-        await app.expect_log("the sound server answers again")  # the stuck close is done
+        log = app.workdir / "stderr.log"
+        if "did not return" in log.read_text(errors="replace"):  # a close was given up on
+            await app.expect_log("the sound server answers again")  # and has returned since
         sent = len(record.audio_received())
         await app.send("press")
         await app.expect("state listening")
@@ -487,8 +489,9 @@ async def test_a_speaker_that_stalls_while_the_microphone_is_closed_is_reported(
         await app.expect("state responding")
         await app.expect("state idle", timeout=30)  # the second answer played to its end
         assert await app.quit() == 0
-    log = (app.workdir / "stderr.log").read_text(errors="replace")
-    assert "audio device failed: output device 'default': no audio callback" in log
+    assert "audio device failed: output device 'default': no audio callback" in log.read_text(
+        errors="replace"
+    )
 
 
 async def test_without_endpoint_or_sound_card_it_uses_the_emulator_and_the_sample(
