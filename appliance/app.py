@@ -103,6 +103,8 @@ class Appliance:
         )
         self.session = session_factory(self)
         self.audio.speaker.on_drained = self._speaker_drained
+        # A device that fails says so at once; one that stalls says nothing (see _watch_audio).
+        self.audio.mic.on_failure = self.audio.speaker.on_failure = self._check_audio
         self.last_error: str | None = None
         self.started_at = time.monotonic()
         self._loop = asyncio.get_running_loop()
@@ -495,8 +497,9 @@ class Appliance:
     async def _watch_audio(self) -> None:
         """Check the running streams every AUDIO_CHECK_S while any runs (see _check_audio).
 
-        Polled, because a device that stalls sends nothing; and on its own, because the
-        speaker may be the only stream (push-to-talk closes the microphone for the answer).
+        Polled, because a device that stalls sends nothing (one that fails is reported at
+        once, through the streams' on_failure); and on its own, because the speaker may be
+        the only stream (push-to-talk closes the microphone for the answer).
         With no stream running, as in idle, this does not wake.
         """
         mic, speaker = self.audio.mic, self.audio.speaker

@@ -335,7 +335,7 @@ def _has_sound_card(audio: AudioSettings, direction: str, shared: PortAudio | No
         with contextlib.nullcontext(shared) if shared else PortAudio() as portaudio:
             stream = kind(portaudio, spec, rate=audio.device_rate, period_ms=audio.period_ms)
             try:
-                stream.open(lambda _: None)
+                stream.open(lambda _: None, lambda: None)
             finally:
                 stream.close()
     except AudioDeviceError as exc:

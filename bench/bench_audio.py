@@ -107,8 +107,10 @@ async def callback_allocations(loop: asyncio.AbstractEventLoop) -> list[list[obj
             t = np.arange(int(seconds * RATE)) / RATE
             speaker.play((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), "item")
             # What a device thread does with each period, minus PortAudio's read or write.
-            input_pump = _Pump(None, "input", mic._capture, PERIOD_FORMAT)
-            output_pump = _Pump(None, "output", speaker._render, PERIOD_FORMAT)
+            input_pump = _Pump(None, "input", mic._capture, PERIOD_FORMAT, mic._device_failed)
+            output_pump = _Pump(
+                None, "output", speaker._render, PERIOD_FORMAT, speaker._device_failed
+            )
             in_data = (np.arange(FRAME, dtype=np.int16) * 3).tobytes()
             rows = []
             for name, call in (

@@ -522,6 +522,10 @@ def _release_alsa_plugins() -> None:
         log.debug("ALSA's plugin cache not released: error %d", result)
 
 
+def _nobody_to_tell() -> None:
+    """A failure callback for a stream not yet opened (a pump always gets open()'s)."""
+
+
 def _default_index(getter: Callable[[], dict[str, Any]]) -> int | None:
     try:
         return int(getter()["index"])
@@ -559,10 +563,12 @@ class _Pump:
         direction: Direction,
         handler: Callable[[Samples], int | None],
         stream_format: StreamFormat,
+        on_failure: Callable[[], None],
     ) -> None:
         self.stream = stream
         self.direction = direction
         self.handler: Callable[[Samples], int | None] | None = handler
+        self.on_failure = on_failure
         self.frames = frames = stream_format.period_frames
         self.channels = channels = stream_format.channels
         self.rate = stream_format.rate
@@ -714,9 +720,10 @@ class _Pump:
         pa.start_stream(stream)
 
     def _failed(self, exc: OSError) -> None:
-        if self.running:
+        if self.running:  # not cut off: a failure of the stream in use
             self.failure = _describe_os_error(exc)
-        self.running = False
+            self.running = False
+            self.on_failure()
 
 
 class _PyAudioStream:
@@ -748,6 +755,7 @@ class _PyAudioStream:
         self._paused = False  # the open stream was stopped, to start again (stop(keep_open))
         self._resumed = False  # the open stream is one that was paused, not a fresh one
         self._handler: Callable[[Samples], int | None] | None = None
+        self._on_failure: Callable[[], None] = _nobody_to_tell
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
         )
@@ -795,8 +803,14 @@ class _PyAudioStream:
             f"for 16-bit audio with {channels} channel(s)"
         )
 
-    def open(self, handler: Callable[[Samples], int | None]) -> StreamFormat:
-        """Open the stream (not started) that will hand each period to ``handler``."""
+    def open(
+        self, handler: Callable[[Samples], int | None], on_failure: Callable[[], None]
+    ) -> StreamFormat:
+        """Open the stream (not started) that will hand each period to ``handler``.
+
+        ``on_failure`` is called from the device thread if the started stream fails.
+        """
+        self._on_failure = on_failure
         if self._stream is not None:
             if not self._paused or self._format is None:
                 raise RuntimeError(f"the {self.direction} stream is already open")
@@ -804,7 +818,9 @@ class _PyAudioStream:
             self._paused = False
             self._resumed = True
             self._handler = handler
-            self._pump = _Pump(self._stream, self.direction, handler, self._format)
+            self._pump = _Pump(
+                self._stream, self.direction, handler, self._format, self._on_failure
+            )
             return self._format
         chosen = self._chosen
         if chosen is not None and chosen[0] == self._portaudio.generation:
@@ -838,7 +854,7 @@ class _PyAudioStream:
                 f"cannot open {self.direction} device {device.name!r} at {rate} Hz: {exc}"
             ) from exc
         self._format = StreamFormat(rate=rate, channels=channels, period_frames=frames)
-        self._pump = _Pump(self._stream, self.direction, handler, self._format)
+        self._pump = _Pump(self._stream, self.direction, handler, self._format, self._on_failure)
         self._resumed = False
         self._handler = handler
         self.description = f"{self.direction} device {device.name!r}"

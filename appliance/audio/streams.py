@@ -6,7 +6,8 @@ A device (PyAudio stream or WAV file) calls :meth:`Microphone._capture` or
 samples between the device and a preallocated :class:`RingBuffer`, note the callback in a
 preallocated numpy log, and wake the loop with ``loop.call_soon_threadsafe`` (at most one
 wake-up in flight). They never allocate audio buffers, never block, never log and never
-raise.
+raise. A device whose running stream fails says so once, through the ``on_failure`` it was
+opened with, so that the failure is reported at once rather than at the next check.
 
 Everything else (resampling, gain, volume, earcons, bookkeeping of which response item was
 played how far) runs on the asyncio loop.
@@ -15,6 +16,7 @@ played how far) runs on the asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -55,12 +57,16 @@ class StreamFormat:
     period_frames: int
 
 
+Failed = Callable[[], None]
+"""Called once, from any thread, when a running stream stops working; ``failure()`` says why."""
+
+
 class InputDevice(Protocol):
     """Something that captures audio, stream by stream, until it is closed."""
 
     description: str
 
-    def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
+    def open(self, capture: Callable[[Samples], None], on_failure: Failed) -> StreamFormat:
         """Open a stream (not started); ``capture`` gets interleaved int16 frames per period.
 
         Raises :class:`~appliance.errors.AudioDeviceError` when the device is unusable.
@@ -92,7 +98,7 @@ class OutputDevice(Protocol):
 
     description: str
 
-    def open(self, render: Render) -> StreamFormat: ...
+    def open(self, render: Render, on_failure: Failed) -> StreamFormat: ...
 
     def start(self) -> None: ...
 
@@ -230,9 +236,20 @@ class _DeviceStream:
         self._started = False
         self._started_ns = 0
         self._closed = False
+        # Called on the loop when the running stream's device fails (its status() says how).
+        self.on_failure: Callable[[], object] | None = None
 
     def _open(self) -> StreamFormat:
         raise NotImplementedError
+
+    def _device_failed(self) -> None:
+        # The device side, once per failed stream: not a per-period path.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody left to tell
+            self._loop.call_soon_threadsafe(self._report_failure)
+
+    def _report_failure(self) -> None:
+        if self._started and self.on_failure is not None:
+            self.on_failure()
 
     def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
         raise NotImplementedError
@@ -351,7 +368,7 @@ class Microphone(_DeviceStream):
     _what = "microphone"
 
     def _open(self) -> StreamFormat:
-        return self._device.open(self._capture)
+        return self._device.open(self._capture, self._device_failed)
 
     def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
         if same_format:
@@ -550,7 +567,7 @@ class Speaker(_DeviceStream):
     _what = "speaker"
 
     def _open(self) -> StreamFormat:
-        return self._device.open(self._render)
+        return self._device.open(self._render, self._device_failed)
 
     def _prepare(self, fmt: StreamFormat, *, same_format: bool) -> None:
         if not same_format:

@@ -25,7 +25,7 @@ import numpy as np
 
 from appliance.audio.resample import Floats, convert, to_int16
 from appliance.audio.ring import Samples
-from appliance.audio.streams import SPEAKER_RATE, Render, StreamFormat
+from appliance.audio.streams import SPEAKER_RATE, Failed, Render, StreamFormat
 from appliance.errors import ConfigError, ConfigProblem
 
 _PCM = 1
@@ -185,6 +185,7 @@ class _Paced:
         self._started_at = 0.0
         self._done = 0  # samples moved since the start
         self._failure: str | None = None
+        self._on_failure: Callable[[], None] | None = None
 
     def start(self) -> None:
         if self._timer is not None:
@@ -223,6 +224,8 @@ class _Paced:
             timer, self._timer = self._timer, None
             if timer is not None:
                 timer.cancel()
+                if self._on_failure is not None:
+                    self._on_failure()
 
     def _move(self, count: int) -> None:
         raise NotImplementedError
@@ -247,8 +250,8 @@ class WavInput(_Paced):
         """The whole file has been heard."""
         return self._position >= len(self.samples)
 
-    def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
-        self._capture = capture
+    def open(self, capture: Callable[[Samples], None], on_failure: Failed) -> StreamFormat:
+        self._capture, self._on_failure = capture, on_failure
         return StreamFormat(rate=self.rate, channels=1, period_frames=self.period_frames)
 
     def _move(self, count: int) -> None:
@@ -275,8 +278,8 @@ class WavOutput(_Paced):
         self._buffer = np.zeros(self.period_frames, dtype=np.int16)
         self._render: Render | None = None
 
-    def open(self, render: Render) -> StreamFormat:
-        self._render = render
+    def open(self, render: Render, on_failure: Failed) -> StreamFormat:
+        self._render, self._on_failure = render, on_failure
         return StreamFormat(rate=self.rate, channels=1, period_frames=self.period_frames)
 
     def _move(self, count: int) -> None:

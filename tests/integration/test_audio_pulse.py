@@ -264,7 +264,7 @@ async def test_a_device_that_ran_dry_keeps_playing(audio: Audio) -> None:
         return 0
 
     audio.mic.start()
-    device.open(render)
+    device.open(render, lambda: None)
     try:
         device.start()
         await until(lambda: periods >= 40 or device.failure() is not None, audio)
@@ -433,15 +433,22 @@ async def test_a_crashed_sound_server_is_reported_and_audio_comes_back(
     loop = asyncio.get_running_loop()
     with open_audio(AudioSettings(), service_input_rate=RATE, loop=loop) as audio:
         mic, speaker = audio.mic, audio.speaker
+        mic_failed, speaker_failed = asyncio.Event(), asyncio.Event()
+        mic.on_failure, speaker.on_failure = mic_failed.set, speaker_failed.set
         mic.start()
         speaker.start()
         for _ in range(5):
             await asyncio.wait_for(mic.next_chunk(), 10)
         server.kill()
-        # Nothing signals a dead device: the watchdog probes status(), and so do we.
+        # Each device thread finds its stream broken and says so, without waiting for a
+        # status() probe.
         async with asyncio.timeout(10):
-            while mic.status().healthy or speaker.status().healthy:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            await mic_failed.wait()
+            await speaker_failed.wait()
+        for stream in (mic, speaker):
+            failure = stream.status().failure
+            assert failure is not None
+            assert "device 'default' failed" in failure
         started = time.monotonic()
         mic.stop()
         speaker.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import pytest
 from appliance.audio import Earcon, Microphone, Speaker, StreamFormat, earcon
 from appliance.audio.resample import volume_to_gain
 from appliance.audio.ring import Samples
-from appliance.audio.streams import Render
+from appliance.audio.streams import Failed, Render
 from appliance.errors import AudioDeviceError
 
 RATE = 24000
@@ -52,11 +53,14 @@ class CrankedOutput:
         self.ready = 0  # what the last period's render said was ready from it on
         self.running = False
         self.fail_open: str | None = None
+        self.failed: str | None = None
+        self.on_failure: Failed | None = None
 
-    def open(self, render: Render) -> StreamFormat:
+    def open(self, render: Render, on_failure: Failed) -> StreamFormat:
         if self.fail_open:
             raise AudioDeviceError(self.fail_open)
-        self.render = render
+        self.render, self.on_failure = render, on_failure
+        self.failed = None
         return self.format
 
     def start(self) -> None:
@@ -69,7 +73,11 @@ class CrankedOutput:
         self.running = False
 
     def failure(self) -> str | None:
-        return None
+        return self.failed
+
+    def fail(self, why: str) -> None:
+        """The device's own thread finds the stream broken, as a PortAudio error would."""
+        fail_on_a_device_thread(self, why)
 
     def close(self) -> None:
         self.stop()
@@ -94,9 +102,12 @@ class CrankedInput:
         self.format = StreamFormat(rate, channels, period)
         self.capture: Callable[[Samples], None] | None = None
         self.running = False
+        self.failed: str | None = None
+        self.on_failure: Failed | None = None
 
-    def open(self, capture: Callable[[Samples], None]) -> StreamFormat:
-        self.capture = capture
+    def open(self, capture: Callable[[Samples], None], on_failure: Failed) -> StreamFormat:
+        self.capture, self.on_failure = capture, on_failure
+        self.failed = None
         return self.format
 
     def start(self) -> None:
@@ -106,7 +117,10 @@ class CrankedInput:
         self.running = False
 
     def failure(self) -> str | None:
-        return None
+        return self.failed
+
+    def fail(self, why: str) -> None:
+        fail_on_a_device_thread(self, why)
 
     def close(self) -> None:
         self.stop()
@@ -117,6 +131,17 @@ class CrankedInput:
         step = self.format.period_frames * self.format.channels
         for start in range(0, len(samples), step):
             self.capture(samples[start : start + step])
+
+
+def fail_on_a_device_thread(device: CrankedInput | CrankedOutput, why: str) -> None:
+    def fail() -> None:
+        device.failed, device.running = why, False
+        assert device.on_failure is not None
+        device.on_failure()
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join()
 
 
 async def settle() -> None:
@@ -441,6 +466,39 @@ async def test_status_reports_liveness(speaker: Speaker, output: CrankedOutput) 
     assert status.last_callback_ns > 0
     assert status.rate == RATE
     assert status.period_ms == 20
+
+
+async def test_a_device_that_fails_is_reported_on_the_loop_at_once(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    reported = asyncio.Event()
+    failures: list[str | None] = []
+
+    def on_failure() -> None:
+        failures.append(speaker.status().failure)
+        reported.set()
+
+    speaker.on_failure = on_failure
+    output.periods(3)
+    output.fail("cranked output failed: unplugged")
+    await asyncio.wait_for(reported.wait(), 5)
+    assert failures == ["cranked output failed: unplugged"]
+
+
+async def test_a_failure_that_comes_after_the_stop_is_not_reported(
+    mic: Microphone, mic_input: CrankedInput
+) -> None:
+    # The device thread may fail just as the loop stops the stream: stopped is stopped.
+    failures: list[str | None] = []
+    mic.on_failure = lambda: failures.append(mic.status().failure)
+    mic_input.fail("cranked input failed")
+    mic.stop()
+    await settle()
+    assert failures == []
+    mic.start()
+    mic_input.fail("cranked input failed again")
+    await settle()
+    assert failures == ["cranked input failed again"]
 
 
 def retained_bytes(call: Callable[[], object], count: int) -> int:
