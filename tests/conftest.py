@@ -9,6 +9,7 @@ from appliance.config import variable_names
 
 # Fixture modules of tests/fixtures/, one per real part (PulseAudio, emulator, ...).
 pytest_plugins: list[str] = [
+    "tests.fixtures.disk",
     "tests.fixtures.emulator",
     "tests.fixtures.appliance",
     "tests.fixtures.identity",

@@ -16,6 +16,8 @@ catches up instead of drifting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,8 @@ from appliance.audio.resample import Floats, convert, to_int16
 from appliance.audio.ring import Samples
 from appliance.audio.streams import SPEAKER_RATE, Failed, Render, StreamFormat
 from appliance.errors import ConfigError, ConfigProblem
+
+log = logging.getLogger(__name__)
 
 _PCM = 1
 _FLOAT = 3
@@ -124,14 +128,19 @@ class WavWriter:
         self.path = path
         self.rate = rate
         self.frames = 0
+        file = None
         try:
-            self._file: BinaryIO | None = path.open("wb")
+            file = path.open("wb")
+            file.write(self._header(0))
+            file.flush()  # a full disk says so here, as a bad path does, before the start
         except OSError as exc:
+            if file is not None:
+                with contextlib.suppress(OSError):  # what could not be flushed is lost anyway
+                    file.close()
             raise ConfigError(
                 [ConfigProblem("--speaker", str(path), exc.strerror or str(exc))]
             ) from exc
-        self._file.write(self._header(0))
-        self._file.flush()
+        self._file: BinaryIO | None = file
 
     def _header(self, data_bytes: int) -> bytes:
         return struct.pack(
@@ -167,8 +176,12 @@ class WavWriter:
 
     def close(self) -> None:
         file, self._file = self._file, None
-        if file is not None:
-            file.close()
+        if file is None:
+            return
+        try:
+            file.close()  # flushes what a full disk refused before, and may refuse it again
+        except OSError as exc:
+            log.warning("the end of %s could not be written: %s", self.path, exc.strerror or exc)
 
 
 class _Paced:

@@ -227,6 +227,43 @@ async def test_wav_speaker_records_answers_and_the_silence_between(tmp_path: Pat
     assert list(recorded[second : second + 2400]) == list(answer)
 
 
+def test_a_speaker_file_that_cannot_be_written_is_a_config_error_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        for path, reason in (
+            (tmp_path / "no-such-dir" / "speaker.wav", "No such file or directory"),
+            (Path("/dev/full"), "No space left on device"),  # the disk is full from the start
+        ):
+            with pytest.raises(ConfigError) as caught:
+                WavOutput(path, period_ms=20, loop=loop)
+            problem = caught.value.problems[0]
+            assert problem.variable == "--speaker"
+            assert reason in problem.reason
+    finally:
+        loop.close()
+
+
+async def test_a_speaker_file_whose_disk_fills_fails_the_stream_and_says_so(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = asyncio.get_running_loop()
+    device = WavOutput(small_disk / "speaker.wav", period_ms=20, loop=loop)
+    with Speaker(device, loop=loop) as speaker:
+        failed = asyncio.Event()
+        speaker.on_failure = failed.set
+        speaker.start()
+        await asyncio.wait_for(failed.wait(), 10)
+        failure = speaker.status().failure
+        assert failure is not None
+        assert f"WAV speaker {str(small_disk / 'speaker.wav')!r}" in failure
+        assert "No space left on device" in failure
+        assert device.frames_written > 0  # it played until the disk was full
+        speaker.stop()  # the stop after a failure neither raises nor reports it again
+    assert f"the end of {small_disk / 'speaker.wav'} could not be written" in caplog.text
+
+
 def test_wav_speaker_file_survives_the_process_being_killed(tmp_path: Path) -> None:
     path = tmp_path / "speaker.wav"
     script = textwrap.dedent(
