@@ -120,7 +120,8 @@ class Appliance:
         self._interrupted_responses: deque[str] = deque(maxlen=16)
         self._truncate_target: tuple[str, int] | None = None
         self._last_failure: ServiceError | Disconnected | ErrorKind = ErrorKind.OFFLINE
-        self._device_failing = False  # since an audio device failed, until one starts
+        # Since an audio device failed, until a stream has run for AUDIO_CHECK_S.
+        self._device_failing = False
         self._assistant_text = ""
         self._clock = TurnClock()
         self._stop_requested = asyncio.Event()
@@ -221,14 +222,9 @@ class Appliance:
             self.handle(Event.FAILED, ErrorKind.DEVICE)
         else:
             if retrying:
-                # Recovered: the next failure's backoff starts afresh; the log says how long
-                # the audio was gone.
-                self._device_failing = False
-                self.backoff.connected()
-                self.outage.recovered()
+                # Recovered, as far as the state goes; the outage ends once the streams have
+                # kept running (see _note_working_audio).
                 self.handle(Event.AUDIO_OPENED)
-            else:
-                self._device_works()
 
     def _do_close_mic(self) -> None:
         self.audio.mic.stop()
@@ -506,22 +502,24 @@ class Appliance:
         while True:
             await self._streams_running.wait()
             await asyncio.sleep(AUDIO_CHECK_S)
-            self._check_audio()
+            if not self._check_audio():
+                self._note_working_audio()
             if not (mic.started or speaker.started):
                 self._streams_running.clear()  # set again when one starts
 
-    def _check_audio(self) -> None:
+    def _check_audio(self) -> bool:
         """Report a running stream whose device failed or stopped calling back, and stop it.
 
         The error state this leads to retries the microphone; the speaker is started
-        afresh when it is next needed.
+        afresh when it is next needed. Returns whether there was one.
         """
         for stream in (self.audio.mic, self.audio.speaker):
             failure = stream.status().failure
             if failure is not None:
                 stream.stop()
                 self._device_failed(AudioDeviceError(failure))
-                return
+                return True
+        return False
 
     def _device_failed(self, exc: AudioDeviceError) -> None:
         self._log_device_failure(exc)
@@ -537,10 +535,24 @@ class Appliance:
             log.warning("audio device failed: %s", exc)
         self._device_failing = True
 
-    def _device_works(self) -> None:
-        if self._device_failing:
-            self._device_failing = False
-            log.info("audio device works again")
+    def _note_working_audio(self) -> None:
+        """End a device outage once a stream has kept running for AUDIO_CHECK_S.
+
+        Not when a stream starts: a device that starts and fails at once would otherwise
+        log its failure at WARNING, and "works again", on every retry, and restart the
+        backoff's steps each time.
+        """
+        if not self._device_failing or self.context.state is State.ERROR:
+            return
+        for stream in (self.audio.mic, self.audio.speaker):
+            if stream.status().healthy and stream.running_s >= AUDIO_CHECK_S:
+                self._device_failing = False
+                if self.outage.kind is ErrorKind.DEVICE:
+                    self.backoff.connected()  # the next failure's backoff starts afresh
+                    self.outage.recovered()  # logs how long the audio was gone
+                else:  # no retries were needed, or a connection outage is under way
+                    log.info("audio device works again")
+                return
 
     def _start_speaker(self, *, report: bool = True) -> None:
         """Have the output stream running; ``report=False`` raises what it would report."""
@@ -558,7 +570,6 @@ class Appliance:
             self._device_failed(exc)
         else:
             self._streams_running.set()
-            self._device_works()
 
     def _stop_speaker_later(self) -> None:
         """Stop the output stream once it has been quiet for a moment.

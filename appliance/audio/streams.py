@@ -297,6 +297,11 @@ class _DeviceStream:
         return self._started
 
     @property
+    def running_s(self) -> float:
+        """How long the stream has been started; 0 while it is stopped."""
+        return (time.monotonic_ns() - self._started_ns) / 1e9 if self._started else 0.0
+
+    @property
     def format(self) -> StreamFormat | None:
         return self._format
 

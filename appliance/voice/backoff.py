@@ -186,6 +186,11 @@ class OutageLog:
     def in_outage(self) -> bool:
         return self._since is not None
 
+    @property
+    def kind(self) -> ErrorKind | None:
+        """What the outage in progress is of (its latest failure); None without one."""
+        return self._kind
+
     def failed(self, error: Failure, delay: float) -> None:
         """An attempt failed (or the connection dropped); the next one is in ``delay`` s."""
         kind = _kind_of(error)

@@ -189,9 +189,13 @@ def test_a_different_kind_of_failure_is_reported_again(
 def test_an_audio_device_outage_is_named_as_such_and_keeps_out_of_the_reconnect_field(
     caplog: pytest.LogCaptureFixture, outages: OutageLog, clock: FakeClock
 ) -> None:
+    kinds = [outages.kind]
     outages.failed(ErrorKind.DEVICE, 0.5)
+    kinds.append(outages.kind)  # the app ends only a device outage when the audio works
     clock.advance(2.0)
     outages.recovered()
+    kinds.append(outages.kind)
+    assert kinds == [None, ErrorKind.DEVICE, None]
     failed, recovered = outage_records(caplog)
     assert failed.getMessage() == "audio device unavailable (device); retrying in 0.5 s (attempt 1)"
     assert recovered.getMessage() == "audio device works again after 2.0 s (1 failed attempt)"
