@@ -137,6 +137,12 @@ class _Link:
     closer: asyncio.Task[None] | None = None
     restored_items: int = 0
 
+    @property
+    def websocket(self) -> aiohttp.ClientWebSocketResponse:
+        """The SDK connection's own WebSocket (for the audio hot path, see send_audio)."""
+        websocket: aiohttp.ClientWebSocketResponse = self.conn._connection
+        return websocket
+
 
 @dataclass
 class _Counters:
@@ -750,10 +756,11 @@ class VoiceSession:
         data = _pcm_bytes(pcm)
         if not data:
             return True
-        # The hot path: a plain mapping skips the SDK's model building (about a third of the
-        # cost of a send); the SDK serialises it the same way (see the protocol reference).
-        event = {"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()}
-        if not await self._send(link, "audio", link.conn.send(event)):
+        # The hot path, 25 times a second: the text the SDK's send() would make of this event
+        # (json.dumps of the mapping), put straight on the SDK connection's WebSocket. Going
+        # through send() costs the loop a fifth more CPU while streaming: a JSON encoder set
+        # up per call and isinstance checks against typing's Mapping, for a fixed shape.
+        if not await self._send(link, "audio", link.websocket.send_str(append_event_text(data))):
             self.counters.audio_chunks_dropped += 1
             return False
         self.counters.audio_chunks_sent += 1
@@ -965,6 +972,18 @@ def _event_type(event: ServerEvent | _RawAudioDelta) -> str:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0][:200] if lines else type(error).__name__
+
+
+_APPEND_HEAD: Final = '{"type": "input_audio_buffer.append", "audio": "'
+_APPEND_TAIL: Final = '"}'
+
+
+def append_event_text(pcm: bytes) -> str:
+    """``input_audio_buffer.append`` of ``pcm`` as JSON text, as the SDK serialises it.
+
+    Base64 needs no escaping in a JSON string, so the text is the fixed head and tail around it.
+    """
+    return _APPEND_HEAD + base64.b64encode(pcm).decode("ascii") + _APPEND_TAIL
 
 
 def _pcm_bytes(pcm: PcmInput) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -34,6 +35,7 @@ from appliance.voice.session import (
     SessionEvent,
     ToolCalled,
     VoiceSession,
+    append_event_text,
 )
 from appliance.voice.session_config import build_session
 from appliance.voice.tools import device_tools
@@ -238,6 +240,14 @@ async def test_audio_is_sent_only_on_a_ready_session(
         await session.send_audio(np.zeros(10, dtype=np.float32))
     assert await session.send_audio(bytes(480))
     assert await session.send_audio(b"")
+
+
+def test_audio_goes_out_as_the_text_the_sdk_makes_of_the_event() -> None:
+    # send_audio skips the SDK's send() for speed: the text must be exactly what it sends
+    # for this event (json.dumps of the mapping), for every byte value base64 may meet.
+    for pcm in (b"", bytes(range(256)) * 3, speech(40).astype("<i2").tobytes()):
+        event = {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+        assert append_event_text(pcm) == json.dumps(event)
 
 
 # ---- responses, cancellation, truncation --------------------------------------------------------
