@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 _T = TypeVar("_T")
+_INT16 = np.dtype(np.int16)  # made once: frombuffer with a type would convert it each period
 
 # How long the loop waits for a PortAudio call that talks to the sound server (opening,
 # starting, probing or closing a stream), and for PortAudio's start-up, which opens every
@@ -626,7 +627,7 @@ class _Pump:
         """One period captured: hand it to the microphone (the device side, every period)."""
         handler = self.handler
         if handler is not None:
-            handler(np.frombuffer(data, dtype=np.int16))
+            handler(np.frombuffer(data, dtype=_INT16))
 
     def fill(self) -> int:
         """One period to play: the speaker fills the preallocated buffer (every period).

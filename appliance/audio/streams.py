@@ -15,6 +15,7 @@ played how far) runs on the asyncio loop.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import math
@@ -161,14 +162,19 @@ class _CallbackLog:
     """Per-callback records (stream position after it, real samples, monotonic ns)."""
 
     def __init__(self) -> None:
-        self.records: npt.NDArray[np.int64] = np.zeros((LOG_LENGTH, 3), dtype=np.int64)
+        # The device thread writes through the array: a plain store per field, where numpy
+        # would look up the dtype of each Python int. The loop reads a numpy view of it.
+        self._fields = array.array("q", bytes(8 * 3 * LOG_LENGTH))
+        self.records: npt.NDArray[np.int64] = np.frombuffer(self._fields, dtype=np.int64).reshape(
+            LOG_LENGTH, 3
+        )
         self.count = 0  # callbacks so far; written by the device side only
 
     def note(self, position: int, samples: int) -> None:
-        row = self.records[self.count % LOG_LENGTH]
-        row[0] = position
-        row[1] = samples
-        row[2] = time.monotonic_ns()
+        fields, at = self._fields, self.count % LOG_LENGTH * 3
+        fields[at] = position
+        fields[at + 1] = samples
+        fields[at + 2] = time.monotonic_ns()
         self.count += 1
 
     def sound_in_last(self, callbacks: int) -> int:
