@@ -13,6 +13,7 @@ from appliance.emulator.faults import (
     Faults,
     Malformed,
     SendError,
+    StopReading,
 )
 from appliance.emulator.protocol import (
     Conversation,
@@ -62,6 +63,7 @@ __all__ = [
     "SendError",
     "Speech",
     "Step",
+    "StopReading",
     "Text",
     "Truncation",
     "Turn",

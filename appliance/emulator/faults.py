@@ -51,6 +51,12 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class StopReading:
+    """Stop reading what the client sends, the connection left open (a server or path that
+    hangs): once the socket buffers are full, the client's sends wait for ever."""
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     """Send a text frame that is not JSON (the SDK raises ConnectionError from the iterator)."""
 
@@ -71,7 +77,7 @@ class Expire:
     """What the service does at its connection cap: ``session_expired`` error, close 1001."""
 
 
-Action = Close | Drop | Malformed | SendError | Expire
+Action = Close | Drop | StopReading | Malformed | SendError | Expire
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,11 @@ class FaultPlan:
         self, *, after_events: int | None = None, after_seconds: float | None = None
     ) -> FaultPlan:
         return self._schedule(Drop(), after_events, after_seconds)
+
+    def stop_reading(
+        self, *, after_events: int | None = None, after_seconds: float | None = None
+    ) -> FaultPlan:
+        return self._schedule(StopReading(), after_events, after_seconds)
 
     def send_malformed(
         self,

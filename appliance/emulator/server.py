@@ -32,6 +32,7 @@ from appliance.emulator.faults import (
     Malformed,
     Scheduled,
     SendError,
+    StopReading,
     error_body,
 )
 from appliance.emulator.protocol import Conversation, ConversationOptions, Event
@@ -621,6 +622,12 @@ class _Connection:
             await self._send_text(action.text, {"type": None, "raw": action.text})
             return
         if websocket.closed or self.record.closed_by is not None:
+            return
+        if isinstance(action, StopReading):
+            log.info("connection %d: no longer reading what the client sends", number)
+            transport = self.request.transport
+            if transport is not None:
+                transport.pause_reading()
             return
         if isinstance(action, Drop):
             log.info("connection %d: dropping TCP without a close frame", number)

@@ -360,6 +360,29 @@ async def test_sending_into_a_dropped_connection_reports_it_once(
     assert len(events.of(Disconnected)) == 1
 
 
+async def test_a_send_that_stalls_ends_the_connection_after_the_send_timeout(
+    make_emulator: MakeEmulator, open_session: OpenSession
+) -> None:
+    emulator = await make_emulator(api_key=TEST_KEY)
+    session, events = await open_session(emulator, send_timeout_s=0.5)
+    await session.connect()
+    emulator.connections[0].faults.stop_reading()
+    # Large chunks fill the socket buffers quickly; then a send waits for room for ever.
+    chunk, sent = bytes(256 * 1024), 0
+    async with asyncio.timeout(WAIT):  # a stalled send that is never given up on
+        while await session.send_audio(chunk):
+            sent += 1
+            assert sent < 400, "the sends never stalled"
+    lost = await events.wait_for(Disconnected)
+    assert lost.cause == "sending audio stalled for 0.5 s"
+    assert len(events.of(Disconnected)) == 1
+    assert not session.ready
+    assert session.healthy()  # the stalled send was given up on: nothing is pending now
+    # The next connection works.
+    await session.connect()
+    assert await session.send_audio(bytes(960))
+
+
 async def test_an_error_event_leaves_the_session_open(
     make_emulator: MakeEmulator, open_session: OpenSession
 ) -> None:
