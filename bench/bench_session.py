@@ -5,6 +5,10 @@
 2. Recovery: the emulator drops the connection and accepts again at once; the appliance's
    loop waits the backoff's first step (0.5 s, jittered down to 0.375 s) and connects. From
    the Disconnected event to the session ready again, split into the wait and the connect.
+3. Sending microphone audio: the loop thread's CPU per send_audio() of a 40 ms chunk, with
+   the emulator in a process of its own so that only the appliance's side is counted (its
+   code, the SDK's WebSocket, the socket write). Sent back to back, so caches are warm: a
+   lower bound of what a send costs the appliance, which wakes for each one.
 
 The emulator enforces no connection quota, so the session's own per-minute budget is raised
 for the bench (40 connections in well under a minute).
@@ -13,9 +17,11 @@ for the bench (40 connections in well under a minute).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 
+import numpy as np
 from azure.core.credentials import AzureKeyCredential
 
 from appliance.config import (
@@ -31,9 +37,11 @@ from appliance.emulator import Emulator
 from appliance.voice.auth import VoiceCredential
 from appliance.voice.backoff import Backoff, ConnectionBudget
 from appliance.voice.session import Disconnected, SessionEvent, VoiceSession
+from bench.bench_appliance import emulator
 from bench.report import median, percentile, table
 
 RUNS = 20
+SENDS = 4000  # per round; 5 rounds after a warm-up one
 KEY = "bench-key-0123456789abcdef"
 
 
@@ -88,6 +96,23 @@ async def recovery(
     return (attempt - reported) * 1000, (ready - attempt) * 1000, (ready - reported) * 1000
 
 
+async def send_cost_us(url: str) -> list[float]:
+    """Loop-thread CPU per send_audio() of a 40 ms chunk (us), one figure per round."""
+    async with VoiceCredential(settings().auth) as credential:
+        session = VoiceSession(settings(), credential, on_event=lambda _: None, endpoint=url)
+        await session.connect()
+        chunk = np.random.default_rng(1).integers(-3000, 3000, 960).astype(np.int16)
+        rounds = []
+        for _ in range(6):
+            start = time.thread_time()
+            for _ in range(SENDS):
+                await session.send_audio(chunk)
+                await asyncio.sleep(0)  # the loop turns between chunks, as it does streaming
+            rounds.append((time.thread_time() - start) / SENDS * 1e6)
+        await session.close()
+    return rounds[1:]  # the first warms up
+
+
 async def main_async() -> None:
     lost = asyncio.Event()
 
@@ -131,6 +156,16 @@ def _stats(values: list[float]) -> list[float]:
 
 def main() -> None:
     asyncio.run(main_async())
+    service, url = emulator(dict(os.environ))
+    try:
+        sends = asyncio.run(send_cost_us(url))
+    finally:
+        service.stop()
+    table(
+        "Voice session: sending microphone audio (us of the loop thread's CPU per send)",
+        ["figure", "median", "min", "max"],
+        [["send_audio() of a 40 ms chunk, back to back", median(sends), min(sends), max(sends)]],
+    )
 
 
 if __name__ == "__main__":
