@@ -402,6 +402,16 @@ class AudioSettings(_Group):
         "smaller ones let the service notice the end of speech a little sooner.",
         **env("APPLIANCE_CHUNK_MS"),
     )
+    quiet_chunk_ms: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="While the microphone hears no one (below -45 dBFS), send its audio in "
+        "chunks of this many ms instead: the device wakes up less often. Sound switches back "
+        "to chunk_ms at once, and for the silence that ends a turn (vad_silence_ms) and half "
+        "a second more; 0: always chunk_ms.",
+        **env("APPLIANCE_QUIET_CHUNK_MS"),
+    )
     volume: int = Field(
         80, ge=0, le=100, description="Speaker volume in percent.", **env("APPLIANCE_VOLUME")
     )

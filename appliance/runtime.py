@@ -202,6 +202,7 @@ class Runtime:
                     mic_wav=mic_wav,
                     speaker_wav=speaker_wav,
                     portaudio=self.portaudio,
+                    turn_silence_ms=settings.service.vad_silence_ms,
                 )
             )
             relay = _ButtonRelay()

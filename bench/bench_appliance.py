@@ -10,7 +10,8 @@ A second, shorter conversation runs with the low-power setting the README descri
 (``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=40``) for its CPU and latency cost, and
 a third with the buffer sizes of the SDK's own sample assistant (50 ms periods for the
 microphone and the speaker), so that its CPU can be compared with the sample's at equal
-wake-up rates.
+wake-up rates, and a fourth with the microphone's 40 ms chunks kept while it hears no one
+(``APPLIANCE_QUIET_CHUNK_MS=0``), for what the longer quiet chunks save.
 
 The null sinks are kept awake by ``parec`` readers asking for BENCH_KEEPALIVE_MS (40, the
 appliance's own microphone period): a null sink hands its recorders a fragment as often as
@@ -19,7 +20,7 @@ four times a period, which a real microphone does not do (see tests/fixtures/pul
 
 Knobs: BENCH_IDLE_S (30), BENCH_SILENT_S (30), BENCH_TALK_S (300), BENCH_TURNS (200),
 BENCH_PTT_TURNS (12), BENCH_LOW_POWER_TURNS (15), BENCH_SAMPLE_SIZES_TURNS (15),
-BENCH_KEEPALIVE_MS (40).
+BENCH_SHORT_CHUNKS_TURNS (15), BENCH_KEEPALIVE_MS (40).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ KEEPALIVE_MS = int(os.environ.get("BENCH_KEEPALIVE_MS", "40"))
 LOW_POWER = {"APPLIANCE_CHUNK_MS": "100", "APPLIANCE_PERIOD_MS": "40"}
 SAMPLE_SIZES_TURNS = int(os.environ.get("BENCH_SAMPLE_SIZES_TURNS", "15"))
 SAMPLE_SIZES = {"APPLIANCE_CHUNK_MS": "50", "APPLIANCE_PERIOD_MS": "50"}
+SHORT_CHUNKS_TURNS = int(os.environ.get("BENCH_SHORT_CHUNKS_TURNS", "15"))
+SHORT_CHUNKS = {"APPLIANCE_QUIET_CHUNK_MS": "0"}
 APPLIANCE = Path(sys.executable).with_name("appliance")
 TICK_S = os.sysconf("SC_CLK_TCK")
 KEY = "bench-key-0123456789abcdef"
@@ -320,6 +323,9 @@ def main() -> None:
             sample_sizes = conversation(
                 pulse, url, turns_wanted=SAMPLE_SIZES_TURNS, idle_s=0, **SAMPLE_SIZES
             )
+            short_chunks = conversation(
+                pulse, url, turns_wanted=SHORT_CHUNKS_TURNS, idle_s=0, **SHORT_CHUNKS
+            )
             press = push_to_talk(pulse, url)
             lean = lean_memory(pulse, url, lean_alsa_config(Path(root)))
         finally:
@@ -348,6 +354,10 @@ def main() -> None:
         + [
             [f"the SDK sample's 50 ms buffers: {name}", value]
             for name, value in sample_sizes.cpu.items()
+        ]
+        + [
+            [f"40 ms chunks even while quiet: {name}", value]
+            for name, value in short_chunks.cpu.items()
         ],
     )
     table(

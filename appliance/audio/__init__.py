@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from appliance.audio.devices import PortAudio
     from appliance.config import AudioSettings
 
+# After sound, the microphone keeps its short chunks for the turn's closing silence and
+# this much more (see Microphone), so the service ends the turn no later than it would.
+SOUND_HOLD_MARGIN_MS = 500
+
 __all__ = [
     "LOG_LENGTH",
     "SPEAKER_RATE",
@@ -95,6 +99,7 @@ def open_audio(
     mic_buffer_s: float = 5.0,
     speaker_buffer_s: float = 2.0,
     portaudio: PortAudio | None = None,
+    turn_silence_ms: int = 500,
 ) -> Audio:
     """Build the microphone and the speaker; no stream is opened until ``start()``.
 
@@ -104,6 +109,8 @@ def open_audio(
     :class:`~appliance.errors.AudioDeviceError` (the appliance shows them and retries).
     ``portaudio`` is a PortAudio session to use and leave open (the runtime keeps one for
     the whole process); without it the Audio makes its own and closes it.
+    ``turn_silence_ms`` is the silence after which the service ends a turn
+    (``vad_silence_ms``): the microphone's quiet chunks wait that long after sound.
     """
     from appliance.audio.wavfile import WavInput, WavOutput
 
@@ -153,6 +160,8 @@ def open_audio(
         gain_db=settings.mic_gain_db,
         buffer_s=mic_buffer_s,
         chunk_ms=settings.chunk_ms,
+        quiet_chunk_ms=settings.quiet_chunk_ms,
+        sound_hold_ms=turn_silence_ms + SOUND_HOLD_MARGIN_MS,
     )
     speaker = Speaker(output_device, loop=loop, volume=settings.volume, buffer_s=speaker_buffer_s)
     return Audio(mic, speaker, portaudio, owns_portaudio=owns_portaudio)

@@ -44,6 +44,9 @@ from appliance.state import Earcon
 SPEAKER_RATE = 24000  # what Voice Live sends: PCM16 mono 24 kHz
 STALL_S = 2.0  # a started stream without a callback for this long has failed
 LOG_LENGTH = 1024  # callbacks remembered for latency figures (20 s at 20 ms)
+# Quieter than this at the service (peak, after the gain), the microphone hears no one:
+# well below speech at arm's length, above the hiss of a quiet room on a usable microphone.
+QUIET_DBFS = -45.0
 _NEVER = 1 << 62  # a sample position no stream reaches
 _EMPTY: Samples = np.zeros(0, dtype=np.int16)
 _EMPTY.flags.writeable = False
@@ -315,12 +318,22 @@ class _DeviceStream:
         return _status(self._device, self._format, self._started, self._started_ns, self._log)
 
 
+def _quiet_span(gain: float) -> int:
+    """The largest peak-to-peak span of a device period that is still quiet at this gain."""
+    return round(2 * 32768 * db_to_gain(QUIET_DBFS) / max(gain, 1e-6))
+
+
 class Microphone(_DeviceStream):
     """Capture: the device writes into a drop-oldest ring; the loop reads, resamples, scales.
 
     ``read()`` returns int16 mono at ``service_rate``. The ring holds ``buffer_s`` seconds,
     so audio captured while the connection is still being set up is kept for sending once
     the session is ready; beyond that the oldest audio is dropped and counted.
+
+    The device side wakes the loop once ``chunk_ms`` of audio waits, or, while the
+    microphone hears no one, once ``quiet_chunk_ms`` waits (if that is longer): sound
+    wakes it at the next period, and the short chunks last for ``sound_hold_ms`` after
+    the last sound and after each start.
     """
 
     def __init__(
@@ -333,6 +346,8 @@ class Microphone(_DeviceStream):
         buffer_s: float = 5.0,
         on_audio: Callable[[], None] | None = None,
         chunk_ms: float = 0.0,
+        quiet_chunk_ms: float = 0.0,
+        sound_hold_ms: float = 1000.0,
     ) -> None:
         super().__init__(device, loop)
         self._device: InputDevice = device
@@ -341,8 +356,19 @@ class Microphone(_DeviceStream):
         # thread switch and, downstream, one message to the service: batching saves CPU.
         self.chunk_ms = chunk_ms
         self._wake_samples = 0
+        # While the microphone hears nothing above QUIET_DBFS, wake the loop only once
+        # quiet_chunk_ms waits. Sound wakes it at the next period and keeps chunk_ms for
+        # sound_hold_ms after it: the silence that ends a turn reaches the service as
+        # promptly as the speech did. Only the audio's timing changes, never its content.
+        self.quiet_chunk_ms = quiet_chunk_ms
+        self.sound_hold_ms = sound_hold_ms
+        self._quiet_wake_samples = 0
+        self._hold_periods = 0
+        # Device side: the callback count up to which the wake-ups keep chunk_ms.
+        self._sound_until = 0
         self._gain = db_to_gain(gain_db)
         self._gain_db = gain_db
+        self._quiet_span = _quiet_span(self._gain)
         self._buffer_s = buffer_s
         self.on_audio = on_audio
         self.audio_ready = asyncio.Event()
@@ -361,8 +387,17 @@ class Microphone(_DeviceStream):
             if ring is None:
                 return
             ring.write(frames)
-            self._log.note(ring.write_position, len(frames))
-            if not self._wake_pending and ring.available() >= self._wake_samples:
+            log = self._log
+            log.note(ring.write_position, len(frames))
+            wake = self._wake_samples
+            if self._quiet_wake_samples > wake:
+                # Peak to peak, in Python ints: a microphone's DC offset is not sound, and
+                # int16 arithmetic would wrap around at full scale.
+                if len(frames) and int(frames.max()) - int(frames.min()) > self._quiet_span:
+                    self._sound_until = log.count + self._hold_periods
+                elif log.count > self._sound_until:
+                    wake = self._quiet_wake_samples
+            if not self._wake_pending and ring.available() >= wake:
                 self._wake_pending = True
                 self._loop.call_soon_threadsafe(self._woken)
         except BaseException:  # noqa: BLE001 - never raise into the device thread
@@ -392,6 +427,11 @@ class Microphone(_DeviceStream):
             self._ring = RingBuffer(capacity, drop_oldest=True)
             self._resampler = StreamResampler(fmt.rate, self.service_rate)
         self._wake_samples = round(self.chunk_ms * fmt.rate / 1000) * fmt.channels
+        self._quiet_wake_samples = round(self.quiet_chunk_ms * fmt.rate / 1000) * fmt.channels
+        period_ms = fmt.period_frames * 1000 / fmt.rate
+        self._hold_periods = math.ceil(self.sound_hold_ms / period_ms)
+        # A fresh start counts as sound: the first audio after a press leaves at once.
+        self._sound_until = self._log.count + self._hold_periods
         self._flush_pending = False
 
     def stop(self) -> None:
@@ -409,6 +449,7 @@ class Microphone(_DeviceStream):
     def gain_db(self, value: float) -> None:
         self._gain_db = value
         self._gain = db_to_gain(value)
+        self._quiet_span = _quiet_span(self._gain)
 
     def read(self) -> Samples:
         """All audio captured since the last read: int16 mono at the service rate (maybe empty).

@@ -657,3 +657,109 @@ async def test_the_microphone_callback_keeps_no_memory(
             mic.read()
 
     assert retained_bytes(period, 2000) == 0
+
+
+# ---- microphone: longer chunks while it hears no one -------------------------------------
+
+QUIET = np.zeros(PERIOD, dtype=np.int16)
+SOUND = tone(440, PERIOD / RATE, amplitude=0.1)  # -20 dBFS: someone speaking
+
+
+@pytest.fixture
+async def batching_mic(mic_input: CrankedInput):
+    """Chunks of one 20 ms period, of five while quiet, kept short for two after sound."""
+    mic = Microphone(
+        mic_input,
+        loop=asyncio.get_running_loop(),
+        service_rate=RATE,
+        buffer_s=1.0,
+        chunk_ms=20,
+        quiet_chunk_ms=100,
+        sound_hold_ms=40,
+    )
+    mic.start()
+    yield mic
+    mic.close()
+
+
+async def chunks_woken(mic: Microphone, device: CrankedInput, periods: list[Samples]) -> list[int]:
+    """Push the periods one by one, as time would; the size of each chunk the loop woke for."""
+    chunks: list[int] = []
+    mic.on_audio = lambda: chunks.append(len(mic.read()))
+    for period in periods:
+        device.push(period)
+        await settle()
+    return chunks
+
+
+async def test_a_quiet_microphone_wakes_the_loop_once_per_quiet_chunk(
+    batching_mic: Microphone, mic_input: CrankedInput
+) -> None:
+    chunks = await chunks_woken(batching_mic, mic_input, [QUIET] * 12)
+    # The two periods after the start count as after sound: a press's first audio leaves
+    # at once. Then five periods at a time.
+    assert chunks == [PERIOD, PERIOD, 5 * PERIOD, 5 * PERIOD]
+
+
+async def test_sound_wakes_the_loop_at_once_and_short_chunks_follow_it(
+    batching_mic: Microphone, mic_input: CrankedInput
+) -> None:
+    await chunks_woken(batching_mic, mic_input, [QUIET] * 2)  # the start's short chunks
+    periods = [QUIET] * 3 + [SOUND] + [QUIET] * 2 + [QUIET] * 5 + [SOUND, SOUND]
+    captured = np.concatenate(periods)
+    received: list[Samples] = []
+
+    def woken() -> None:
+        received.append(batching_mic.read())
+
+    batching_mic.on_audio = woken
+    for period in periods:
+        mic_input.push(period)
+        await settle()
+    # The quiet audio waiting goes along with the sound; then one period at a time until
+    # the hold after the sound ends; then the quiet chunk; sound again at once.
+    sizes = [len(chunk) for chunk in received]
+    assert sizes == [4 * PERIOD, PERIOD, PERIOD, 5 * PERIOD, PERIOD, PERIOD]
+    assert np.array_equal(np.concatenate(received), captured)  # when, never what
+
+
+async def test_whether_a_period_is_quiet_is_judged_after_the_gain(
+    batching_mic: Microphone, mic_input: CrankedInput
+) -> None:
+    await chunks_woken(batching_mic, mic_input, [QUIET] * 2)
+    faint = tone(440, PERIOD / RATE, amplitude=10 ** (-50 / 20))  # -50 dBFS
+    assert await chunks_woken(batching_mic, mic_input, [faint] * 4) == []
+    batching_mic.gain_db = 20  # -30 dBFS at the service: someone there
+    assert await chunks_woken(batching_mic, mic_input, [faint]) == [5 * PERIOD]
+
+
+async def test_a_dc_offset_is_not_sound(batching_mic: Microphone, mic_input: CrankedInput) -> None:
+    await chunks_woken(batching_mic, mic_input, [QUIET] * 2)
+    offset = np.full(PERIOD, -12000, dtype=np.int16)
+    assert await chunks_woken(batching_mic, mic_input, [offset] * 5) == [5 * PERIOD]
+
+
+async def test_quiet_chunks_no_longer_than_the_chunks_change_nothing(
+    mic_input: CrankedInput,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with Microphone(
+        mic_input, loop=loop, service_rate=RATE, chunk_ms=40, quiet_chunk_ms=20, sound_hold_ms=0
+    ) as mic:
+        mic.start()
+        chunks = await chunks_woken(mic, mic_input, [QUIET] * 6)
+    assert chunks == [2 * PERIOD] * 3
+
+
+async def test_the_microphone_callback_keeps_no_memory_with_quiet_chunks(
+    batching_mic: Microphone, mic_input: CrankedInput
+) -> None:
+    assert mic_input.capture is not None
+    capture = mic_input.capture
+
+    def period() -> None:
+        capture(SOUND if batching_mic.callbacks % 40 == 0 else QUIET)
+        if batching_mic.callbacks % 25 == 0:
+            batching_mic.read()
+
+    assert retained_bytes(period, 2000) == 0
