@@ -320,7 +320,7 @@ class _DeviceStream:
 
 def _quiet_span(gain: float) -> int:
     """The largest peak-to-peak span of a device period that is still quiet at this gain."""
-    return round(2 * 32768 * db_to_gain(QUIET_DBFS) / max(gain, 1e-6))
+    return round(2 * 32768 * db_to_gain(QUIET_DBFS) / gain)
 
 
 class Microphone(_DeviceStream):
