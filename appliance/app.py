@@ -412,6 +412,7 @@ class Appliance:
             self.handle(Event.SPEECH_STARTED)
         elif isinstance(event, ServerEventInputAudioBufferSpeechStopped):
             self._clock.speech_ended_ns = time.monotonic_ns()
+            self.audio.mic.turn_ended()
             self._start_speaker()  # an answer is likely: have the stream running for it
             self.handle(Event.SPEECH_STOPPED)
         elif isinstance(event, ServerEventResponseCreated):

@@ -408,8 +408,8 @@ class AudioSettings(_Group):
         le=1000,
         description="While the microphone hears no one (below -45 dBFS), send its audio in "
         "chunks of this many ms instead: the device wakes up less often. Sound switches back "
-        "to chunk_ms at once, and for the silence that ends a turn (vad_silence_ms) and half "
-        "a second more; 0: always chunk_ms.",
+        "to chunk_ms at once, until the service ends the turn (at most vad_silence_ms and "
+        "1.5 s more); 0: always chunk_ms.",
         **env("APPLIANCE_QUIET_CHUNK_MS"),
     )
     volume: int = Field(

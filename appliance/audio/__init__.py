@@ -31,9 +31,11 @@ if TYPE_CHECKING:
     from appliance.audio.devices import PortAudio
     from appliance.config import AudioSettings
 
-# After sound, the microphone keeps its short chunks for the turn's closing silence and
-# this much more (see Microphone), so the service ends the turn no later than it would.
-SOUND_HOLD_MARGIN_MS = 500
+# After sound, the microphone keeps its short chunks until the service ends the turn, or
+# for the turn's closing silence and this much more if it does not (the sound was not
+# speech to it): so the service ends a turn no later than it would, also when its end of
+# the speech lags the last sound the microphone heard (see Microphone.turn_ended).
+SOUND_HOLD_MARGIN_MS = 1500
 
 __all__ = [
     "LOG_LENGTH",
@@ -110,7 +112,8 @@ def open_audio(
     ``portaudio`` is a PortAudio session to use and leave open (the runtime keeps one for
     the whole process); without it the Audio makes its own and closes it.
     ``turn_silence_ms`` is the silence after which the service ends a turn
-    (``vad_silence_ms``): the microphone's quiet chunks wait that long after sound.
+    (``vad_silence_ms``): after sound, the microphone's quiet chunks wait until the
+    service ends the turn, or that long and SOUND_HOLD_MARGIN_MS more.
     """
     from appliance.audio.wavfile import WavInput, WavOutput
 

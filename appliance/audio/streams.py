@@ -332,8 +332,9 @@ class Microphone(_DeviceStream):
 
     The device side wakes the loop once ``chunk_ms`` of audio waits, or, while the
     microphone hears no one, once ``quiet_chunk_ms`` waits (if that is longer): sound
-    wakes it at the next period, and the short chunks last for ``sound_hold_ms`` after
-    the last sound and after each start.
+    wakes it at the next period, and the short chunks last after the last sound (and
+    after each start) until the service ends the user's turn (:meth:`turn_ended`), or
+    for ``sound_hold_ms`` at most.
     """
 
     def __init__(
@@ -357,15 +358,18 @@ class Microphone(_DeviceStream):
         self.chunk_ms = chunk_ms
         self._wake_samples = 0
         # While the microphone hears nothing above QUIET_DBFS, wake the loop only once
-        # quiet_chunk_ms waits. Sound wakes it at the next period and keeps chunk_ms for
-        # sound_hold_ms after it: the silence that ends a turn reaches the service as
-        # promptly as the speech did. Only the audio's timing changes, never its content.
+        # quiet_chunk_ms waits. Sound wakes it at the next period and keeps chunk_ms until
+        # the service ends the turn (sound_hold_ms at most): the silence that ends a turn
+        # reaches the service as promptly as the speech did. Only the audio's timing
+        # changes, never its content.
         self.quiet_chunk_ms = quiet_chunk_ms
         self.sound_hold_ms = sound_hold_ms
         self._quiet_wake_samples = 0
         self._hold_periods = 0
-        # Device side: the callback count up to which the wake-ups keep chunk_ms.
-        self._sound_until = 0
+        # Callback counts, each written by one side only: the last period with sound (the
+        # device side), and the last one before the service ended the turn (the loop).
+        self._last_sound = 0
+        self._turn_ended_at = 0
         self._gain = db_to_gain(gain_db)
         self._gain_db = gain_db
         self._quiet_span = _quiet_span(self._gain)
@@ -393,9 +397,13 @@ class Microphone(_DeviceStream):
             if self._quiet_wake_samples > wake:
                 # Peak to peak, in Python ints: a microphone's DC offset is not sound, and
                 # int16 arithmetic would wrap around at full scale.
+                count = log.count
                 if len(frames) and int(frames.max()) - int(frames.min()) > self._quiet_span:
-                    self._sound_until = log.count + self._hold_periods
-                elif log.count > self._sound_until:
+                    self._last_sound = count
+                elif (
+                    count - self._last_sound > self._hold_periods
+                    or self._turn_ended_at > self._last_sound
+                ):
                     wake = self._quiet_wake_samples
             if not self._wake_pending and ring.available() >= wake:
                 self._wake_pending = True
@@ -431,7 +439,7 @@ class Microphone(_DeviceStream):
         period_ms = fmt.period_frames * 1000 / fmt.rate
         self._hold_periods = math.ceil(self.sound_hold_ms / period_ms)
         # A fresh start counts as sound: the first audio after a press leaves at once.
-        self._sound_until = self._log.count + self._hold_periods
+        self._last_sound = self._log.count
         self._flush_pending = False
 
     def stop(self) -> None:
@@ -440,6 +448,12 @@ class Microphone(_DeviceStream):
             self._started = False
             self._device.stop()
             self._flush_pending = True  # the resampler still holds the last few ms
+
+    def turn_ended(self) -> None:
+        """The service ended the user's turn (speech_stopped): the silence that ended it has
+        reached it, so quiet audio may go in quiet chunks again at once. Sound after this
+        keeps the short chunks again."""
+        self._turn_ended_at = self._log.count
 
     @property
     def gain_db(self) -> float:

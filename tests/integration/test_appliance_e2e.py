@@ -9,6 +9,7 @@ events (a truncate with the audio actually played), and the LED pin's history.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import pty
 import random
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.emulator import Emulator
+from appliance.emulator import ConnectionRecord, Emulator
 from tests.fixtures.appliance import (
     RATE,
     ApplianceProcess,
@@ -47,6 +48,16 @@ def answers(emulator: Emulator, connection: int = 0) -> list[np.ndarray]:
     record = emulator.connections[connection]
     ids = [event["response"]["id"] for event in record.sent_of("response.created")]
     return [np.frombuffer(record.audio_sent(rid), dtype="<i2") for rid in ids]
+
+
+def appended_chunks(record: ConnectionRecord) -> list[tuple[int, int]]:
+    """Each ``input_audio_buffer.append``'s first sample (since the connection's first) and size."""
+    chunks, position = [], 0
+    for event in record.received_of("input_audio_buffer.append"):
+        samples = len(base64.b64decode(event["audio"])) // 2
+        chunks.append((position, samples))
+        position += samples
+    return chunks
 
 
 def played_prefix(speaker: np.ndarray, answer: np.ndarray) -> tuple[int, int]:
@@ -85,6 +96,16 @@ async def test_toggle_conversation_of_two_turns(
     record = emulator.connections[0]
     assert record.sent_types().count("response.done") == 2
     assert record.close_code == 1000
+    # Once the service ended the first turn, the silence after it went in quiet chunks
+    # (200 ms) at once, not in short ones for the 1.5 s the microphone waits otherwise.
+    end_ms = record.sent_of("input_audio_buffer.speech_stopped")[0]["audio_end_ms"]
+    after_the_turn = [
+        samples
+        for start, samples in appended_chunks(record)
+        if end_ms + 600 <= start * 1000 // RATE <= end_ms + 1400
+    ]
+    assert after_the_turn, "the microphone streamed after the turn"
+    assert min(after_the_turn) >= RATE * 200 // 1000
     speaker = app.speaker()
     for answer in answers(emulator):
         _, played = played_prefix(speaker, answer)

@@ -723,6 +723,39 @@ async def test_sound_wakes_the_loop_at_once_and_short_chunks_follow_it(
     assert np.array_equal(np.concatenate(received), captured)  # when, never what
 
 
+async def test_the_end_of_the_turn_ends_the_short_chunks_at_once(
+    mic_input: CrankedInput,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with Microphone(
+        mic_input, loop=loop, service_rate=RATE, chunk_ms=20, quiet_chunk_ms=100, sound_hold_ms=400
+    ) as mic:
+        mic.start()
+        # Sound, then quiet: the short chunks stay on, for up to 20 periods here.
+        assert await chunks_woken(mic, mic_input, [SOUND] + [QUIET] * 3) == [PERIOD] * 4
+        mic.turn_ended()  # speech_stopped: the silence that ended the turn got there
+        assert await chunks_woken(mic, mic_input, [QUIET] * 5) == [5 * PERIOD]
+        # Sound after the end of the turn (the user goes on): short chunks again, held.
+        chunks = await chunks_woken(mic, mic_input, [QUIET, SOUND] + [QUIET] * 3)
+        assert chunks == [2 * PERIOD] + [PERIOD] * 3
+
+
+async def test_a_turn_that_ended_before_the_start_does_not_end_its_short_chunks(
+    mic_input: CrankedInput,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with Microphone(
+        mic_input, loop=loop, service_rate=RATE, chunk_ms=20, quiet_chunk_ms=100, sound_hold_ms=60
+    ) as mic:
+        mic.start()
+        await chunks_woken(mic, mic_input, [SOUND])
+        mic.stop()
+        mic.read()
+        mic.turn_ended()  # late, for the audio before the stop
+        mic.start()  # a press: its first audio leaves at once all the same
+        assert await chunks_woken(mic, mic_input, [QUIET] * 8) == [PERIOD] * 3 + [5 * PERIOD]
+
+
 async def test_whether_a_period_is_quiet_is_judged_after_the_gain(
     batching_mic: Microphone, mic_input: CrankedInput
 ) -> None:
