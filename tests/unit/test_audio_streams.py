@@ -665,18 +665,23 @@ QUIET = np.zeros(PERIOD, dtype=np.int16)
 SOUND = tone(440, PERIOD / RATE, amplitude=0.1)  # -20 dBFS: someone speaking
 
 
-@pytest.fixture
-async def batching_mic(mic_input: CrankedInput):
-    """Chunks of one 20 ms period, of five while quiet, kept short for two after sound."""
-    mic = Microphone(
-        mic_input,
+def batching_microphone(device: CrankedInput, *, sound_hold_ms: float = 40) -> Microphone:
+    """Chunks of one 20 ms period, of five while quiet, kept short for a while after sound."""
+    return Microphone(
+        device,
         loop=asyncio.get_running_loop(),
         service_rate=RATE,
         buffer_s=1.0,
         chunk_ms=20,
         quiet_chunk_ms=100,
-        sound_hold_ms=40,
+        sound_hold_ms=sound_hold_ms,
     )
+
+
+@pytest.fixture
+async def batching_mic(mic_input: CrankedInput):
+    """Short chunks kept for two periods after sound."""
+    mic = batching_microphone(mic_input)
     mic.start()
     yield mic
     mic.close()
@@ -726,10 +731,7 @@ async def test_sound_wakes_the_loop_at_once_and_short_chunks_follow_it(
 async def test_the_end_of_the_turn_ends_the_short_chunks_at_once(
     mic_input: CrankedInput,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    with Microphone(
-        mic_input, loop=loop, service_rate=RATE, chunk_ms=20, quiet_chunk_ms=100, sound_hold_ms=400
-    ) as mic:
+    with batching_microphone(mic_input, sound_hold_ms=400) as mic:
         mic.start()
         # Sound, then quiet: the short chunks stay on, for up to 20 periods here.
         assert await chunks_woken(mic, mic_input, [SOUND] + [QUIET] * 3) == [PERIOD] * 4
@@ -743,10 +745,7 @@ async def test_the_end_of_the_turn_ends_the_short_chunks_at_once(
 async def test_a_turn_that_ended_before_the_start_does_not_end_its_short_chunks(
     mic_input: CrankedInput,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    with Microphone(
-        mic_input, loop=loop, service_rate=RATE, chunk_ms=20, quiet_chunk_ms=100, sound_hold_ms=60
-    ) as mic:
+    with batching_microphone(mic_input, sound_hold_ms=60) as mic:
         mic.start()
         await chunks_woken(mic, mic_input, [SOUND])
         mic.stop()
