@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 _T = TypeVar("_T")
-_INT16 = np.dtype(np.int16)  # made once: frombuffer with a type would convert it each period
+Handler = Callable[[Any], int | None]
+"""A stream's device-side callback, once per period: an input stream hands the microphone
+the period's bytes as PortAudio read them; an output stream has the speaker fill the
+pump's preallocated array (:data:`~appliance.audio.streams.Render`)."""
 
 # How long the loop waits for a PortAudio call that talks to the sound server (opening,
 # starting, probing or closing a stream), and for PortAudio's start-up, which opens every
@@ -562,13 +565,13 @@ class _Pump:
         self,
         stream: Any,
         direction: Direction,
-        handler: Callable[[Samples], int | None],
+        handler: Handler,
         stream_format: StreamFormat,
         on_failure: Callable[[], None],
     ) -> None:
         self.stream = stream
         self.direction = direction
-        self.handler: Callable[[Samples], int | None] | None = handler
+        self.handler: Handler | None = handler
         self.on_failure = on_failure
         self.frames = frames = stream_format.period_frames
         self.channels = channels = stream_format.channels
@@ -627,7 +630,7 @@ class _Pump:
         """One period captured: hand it to the microphone (the device side, every period)."""
         handler = self.handler
         if handler is not None:
-            handler(np.frombuffer(data, dtype=_INT16))
+            handler(data)
 
     def fill(self) -> int:
         """One period to play: the speaker fills the preallocated buffer (every period).
@@ -755,7 +758,7 @@ class _PyAudioStream:
         self._format: StreamFormat | None = None  # of the open stream
         self._paused = False  # the open stream was stopped, to start again (stop(keep_open))
         self._resumed = False  # the open stream is one that was paused, not a fresh one
-        self._handler: Callable[[Samples], int | None] | None = None
+        self._handler: Handler | None = None
         self._on_failure: Callable[[], None] = _nobody_to_tell
         self.description = f"{self.direction} device " + (
             "(system default)" if device is None else repr(device)
@@ -804,9 +807,7 @@ class _PyAudioStream:
             f"for 16-bit audio with {channels} channel(s)"
         )
 
-    def open(
-        self, handler: Callable[[Samples], int | None], on_failure: Callable[[], None]
-    ) -> StreamFormat:
+    def open(self, handler: Handler, on_failure: Callable[[], None]) -> StreamFormat:
         """Open the stream (not started) that will hand each period to ``handler``.
 
         ``on_failure`` is called from the device thread if the started stream fails.
@@ -835,7 +836,7 @@ class _PyAudioStream:
         return stream_format
 
     def _open_with(
-        self, handler: Callable[[Samples], int | None], device: DeviceInfo, rate: int, channels: int
+        self, handler: Handler, device: DeviceInfo, rate: int, channels: int
     ) -> StreamFormat:
         import pyaudio
 
@@ -945,7 +946,7 @@ class _PyAudioStream:
 
 
 class PyAudioInput(_PyAudioStream):
-    """A capture stream; its device thread hands each period of samples to the microphone."""
+    """A capture stream; its device thread hands each period's bytes to the microphone."""
 
     direction: Direction = "input"
 

@@ -29,6 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 Samples = npt.NDArray[np.int16]
+Pcm = Samples | bytes
+"""Interleaved int16 samples: an array, or their bytes in native order as PortAudio reads them.
+
+A microphone takes PortAudio's bytes as they come: wrapping each period in an array would
+cost its device thread more than the copy into the ring does.
+"""
 
 
 class RingBuffer:
@@ -36,6 +42,7 @@ class RingBuffer:
 
     __slots__ = (
         "_buf",
+        "_bytes",
         "_discard",
         "_dropped",
         "_read",
@@ -53,6 +60,7 @@ class RingBuffer:
         self.capacity = capacity
         self.drop_oldest = drop_oldest
         self._buf: Samples = np.zeros(capacity, dtype=np.int16)
+        self._bytes = self._buf.data.cast("B")  # the same memory, copied into bytewise
         self._write = 0
         self._writing_to = 0
         self._read = 0
@@ -94,9 +102,10 @@ class RingBuffer:
 
     # ---- producer ----------------------------------------------------------------------
 
-    def write(self, samples: Samples) -> int:
+    def write(self, samples: Pcm) -> int:
         """Append samples; return how many were stored (all of them when drop_oldest)."""
-        count = len(samples)
+        data = samples if isinstance(samples, bytes) else samples.data.cast("B")
+        count = len(data) >> 1
         if count == 0:
             return 0
         capacity = self.capacity
@@ -105,9 +114,9 @@ class RingBuffer:
             if start + count - max(self._read, self._discard) > capacity:
                 self.overruns += 1
             if count > capacity:  # only the newest `capacity` samples can survive
-                samples = samples[count - capacity :]
+                data = data[2 * (count - capacity) :]
                 start += count - capacity
-            stored = len(samples)
+            stored = len(data) >> 1
             end = self._write + count
         else:
             room = capacity - (start - self._read)
@@ -115,7 +124,7 @@ class RingBuffer:
                 self.overruns += 1
                 if room <= 0:
                     return 0
-                samples = samples[:room]
+                data = data[: 2 * room]
                 count = room
             stored = count
             end = start + count
@@ -123,10 +132,10 @@ class RingBuffer:
         offset = start % capacity
         first = capacity - offset
         if stored <= first:
-            self._buf[offset : offset + stored] = samples
+            self._bytes[2 * offset : 2 * (offset + stored)] = data
         else:
-            self._buf[offset:] = samples[:first]
-            self._buf[: stored - first] = samples[first:]
+            self._bytes[2 * offset :] = data[: 2 * first]
+            self._bytes[: 2 * (stored - first)] = data[2 * first :]
         self._write = end
         return count
 

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from appliance.audio.resample import Floats, convert, to_int16
-from appliance.audio.ring import Samples
+from appliance.audio.ring import Pcm, Samples
 from appliance.audio.streams import SPEAKER_RATE, Failed, Render, StreamFormat
 from appliance.errors import ConfigError, ConfigProblem
 
@@ -256,14 +256,14 @@ class WavInput(_Paced):
         self.description = f"WAV microphone {str(path)!r}"
         self._position = 0  # advances only while the microphone is open
         self._silence = np.zeros(self.period_frames, dtype=np.int16)
-        self._capture: Callable[[Samples], None] | None = None
+        self._capture: Callable[[Pcm], None] | None = None
 
     @property
     def finished(self) -> bool:
         """The whole file has been heard."""
         return self._position >= len(self.samples)
 
-    def open(self, capture: Callable[[Samples], None], on_failure: Failed) -> StreamFormat:
+    def open(self, capture: Callable[[Pcm], None], on_failure: Failed) -> StreamFormat:
         self._capture, self._on_failure = capture, on_failure
         return StreamFormat(rate=self.rate, channels=1, period_frames=self.period_frames)
 

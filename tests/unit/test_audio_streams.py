@@ -20,7 +20,7 @@ import pytest
 
 from appliance.audio import Earcon, Microphone, Speaker, StreamFormat, earcon
 from appliance.audio.resample import volume_to_gain
-from appliance.audio.ring import Samples
+from appliance.audio.ring import Pcm, Samples
 from appliance.audio.streams import Failed, Render
 from appliance.errors import AudioDeviceError
 
@@ -94,18 +94,25 @@ class CrankedOutput:
 
 
 class CrankedInput:
-    """An input device whose periods are pushed by the test."""
+    """An input device whose periods are pushed by the test.
+
+    It hands the microphone each period's bytes, as PortAudio does, or (``as_bytes=False``)
+    an array, as a WAV file input does.
+    """
 
     description = "cranked input"
 
-    def __init__(self, rate: int = RATE, channels: int = 1, period: int = PERIOD) -> None:
+    def __init__(
+        self, rate: int = RATE, channels: int = 1, period: int = PERIOD, *, as_bytes: bool = True
+    ) -> None:
         self.format = StreamFormat(rate, channels, period)
-        self.capture: Callable[[Samples], None] | None = None
+        self.as_bytes = as_bytes
+        self.capture: Callable[[Pcm], None] | None = None
         self.running = False
         self.failed: str | None = None
         self.on_failure: Failed | None = None
 
-    def open(self, capture: Callable[[Samples], None], on_failure: Failed) -> StreamFormat:
+    def open(self, capture: Callable[[Pcm], None], on_failure: Failed) -> StreamFormat:
         self.capture, self.on_failure = capture, on_failure
         self.failed = None
         return self.format
@@ -130,7 +137,8 @@ class CrankedInput:
         assert self.running
         step = self.format.period_frames * self.format.channels
         for start in range(0, len(samples), step):
-            self.capture(samples[start : start + step])
+            period = samples[start : start + step]
+            self.capture(period.tobytes() if self.as_bytes else period)
 
 
 def fail_on_a_device_thread(device: CrankedInput | CrankedOutput, why: str) -> None:
@@ -545,9 +553,10 @@ async def test_the_speaker_callback_keeps_no_memory(
 # ---- microphone ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mic_input() -> CrankedInput:
-    return CrankedInput()
+@pytest.fixture(params=["bytes", "array"])
+def mic_input(request: pytest.FixtureRequest) -> CrankedInput:
+    """Every microphone test runs on both forms a device hands its periods in."""
+    return CrankedInput(as_bytes=request.param == "bytes")
 
 
 @pytest.fixture
@@ -647,7 +656,7 @@ async def test_a_stereo_device_is_mixed_down() -> None:
 async def test_the_microphone_callback_keeps_no_memory(
     mic: Microphone, mic_input: CrankedInput
 ) -> None:
-    frame = ramp(PERIOD)
+    frame: Pcm = ramp(PERIOD).tobytes() if mic_input.as_bytes else ramp(PERIOD)
     assert mic_input.capture is not None
     capture = mic_input.capture
 
@@ -788,9 +797,10 @@ async def test_the_microphone_callback_keeps_no_memory_with_quiet_chunks(
 ) -> None:
     assert mic_input.capture is not None
     capture = mic_input.capture
+    sound, quiet = (SOUND.tobytes(), QUIET.tobytes()) if mic_input.as_bytes else (SOUND, QUIET)
 
     def period() -> None:
-        capture(SOUND if batching_mic.callbacks % 40 == 0 else QUIET)
+        capture(sound if batching_mic.callbacks % 40 == 0 else quiet)
         if batching_mic.callbacks % 25 == 0:
             batching_mic.read()
 

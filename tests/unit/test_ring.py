@@ -156,10 +156,13 @@ operations = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=operations, capacity=st.integers(1, 24), drop_oldest=st.booleans())
+@given(
+    ops=operations, capacity=st.integers(1, 24), drop_oldest=st.booleans(), as_bytes=st.booleans()
+)
 def test_any_sequence_of_operations_keeps_order_and_counts(
-    ops: list[tuple[str, int]], capacity: int, drop_oldest: bool
+    ops: list[tuple[str, int]], capacity: int, drop_oldest: bool, as_bytes: bool
 ) -> None:
+    """Writes take arrays, or their bytes as PortAudio reads them (``as_bytes``)."""
     ring = RingBuffer(capacity, drop_oldest=drop_oldest)
     model: deque[int] = deque()
     ghost = 0  # cleared samples that still occupy space until the reader skips them
@@ -175,7 +178,7 @@ def test_any_sequence_of_operations_keeps_order_and_counts(
                 while len(model) > capacity:
                     model.popleft()
                     dropped += 1
-                assert ring.write(samples) == n
+                assert ring.write(samples.tobytes() if as_bytes else samples) == n
                 written += n
             else:
                 room = capacity - len(model) - ghost
@@ -183,7 +186,7 @@ def test_any_sequence_of_operations_keeps_order_and_counts(
                 if n > room and n:
                     overruns += 1
                 model.extend(int(v) for v in samples[:stored])
-                assert ring.write(samples) == stored
+                assert ring.write(samples.tobytes() if as_bytes else samples) == stored
                 written += stored
         elif op == "read":
             out = np.full(n, -1, dtype=np.int16)
