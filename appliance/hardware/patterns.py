@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 from appliance.state import LedPattern
 
-FADE_FPS = 20  # enough for a smooth pulse (frames ride on the microphone's wake-ups)
+# A fade's frames are even steps of perceived brightness, which is about duty ** (1 / GAMMA):
+# at 10 frames a second the largest step a person sees is smaller than the first steps of
+# 20 frames a second even in duty were (those are the ones seen: near dark). Each frame the
+# loop's timer draws costs a wake-up (see LedPlayer.catch_up), so fewer is better.
+FADE_FPS = 10
+GAMMA = 2.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +53,10 @@ def _pulse(period: float, *, low: float = 0.05, pwm: bool) -> tuple[Step, ...]:
     if not pwm:
         return (Step(1.0, period / 2), Step(0.0, period / 2))
     frames = int(FADE_FPS * period / 2)
-    rise = [Step(low + (1 - low) * i / frames, 1 / FADE_FPS) for i in range(frames)]
-    fall = [Step(1 - (1 - low) * i / frames, 1 / FADE_FPS) for i in range(frames)]
+    dim = low ** (1 / GAMMA)  # the lowest level, perceived
+    perceived = [dim + (1 - dim) * i / frames for i in range(frames)]
+    rise = [Step(level**GAMMA, 1 / FADE_FPS) for level in perceived]
+    fall = [Step((1 + dim - level) ** GAMMA, 1 / FADE_FPS) for level in perceived]
     return tuple(rise + fall)
 
 

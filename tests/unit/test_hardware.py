@@ -13,7 +13,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from appliance.config import GpioSettings, PinFactory
 from appliance.hardware.controls import Controls, LedPlayer, make_pin_factory, mock_pin_factory
-from appliance.hardware.patterns import pattern_for
+from appliance.hardware.patterns import GAMMA, pattern_for
 from appliance.hardware.simulated import (
     CommandError,
     Finger,
@@ -246,7 +246,7 @@ async def test_a_fade_rides_on_other_wake_ups_and_goes_on_alone_when_they_stop(
 ) -> None:
     fade = pattern_for(LedPattern.RESPONDING)
     assert fade.fades
-    assert fade.steps[0].seconds == pytest.approx(0.05)  # the times below assume it
+    assert fade.steps[0].seconds == pytest.approx(0.1)  # the times below assume it
     drawn: list[float] = []
     new_frame = asyncio.Event()
 
@@ -258,29 +258,40 @@ async def test_a_fade_rides_on_other_wake_ups_and_goes_on_alone_when_they_stop(
         player.on_level = record
         player.show(LedPattern.RESPONDING)
         await new_frame.wait()
-        # Something wakes the loop every 45 ms (never on a frame's boundary, which floats
+        # Something wakes the loop every 90 ms (never on a frame's boundary, which floats
         # would make a coin toss): each time, the frame due is drawn there and then, and
         # the fade's own timer, always more than a wake-up ahead, never fires.
         start = clock.now
         for _ in range(9):
-            clock.now += 0.045
+            clock.now += 0.09
             player.catch_up()
-            frame = int((clock.now - start) / 0.05)
+            frame = int((clock.now - start) / 0.1)
             assert drawn[-1] == fade.steps[frame].level  # drawn there and then
             next_frame_at = player.next_frame_at
             assert next_frame_at is not None
-            assert next_frame_at > clock.now + 0.045  # the fade's timer stays asleep
+            assert next_frame_at > clock.now + 0.09  # the fade's timer stays asleep
             for _ in range(5):
                 await asyncio.sleep(0)  # give a due timer every chance to fire
-        # 0.405 s in: frames 0 to 8, each drawn once.
+        # 0.81 s in: frames 0 to 8, each drawn once.
         expected = [step.level for step in fade.steps[:9]]
         assert drawn == expected
-        # The wake-ups stop: the fade draws the frame of the moment (0.505 s) itself. Its
-        # timer was due a frame after frame 9 was (0.5 s), so that one went unseen.
+        # The wake-ups stop: the fade draws the frame of the moment (1.01 s) itself. Its
+        # timer was due a frame after frame 9 was (1.0 s), so that one went unseen.
         new_frame.clear()
-        clock.now += 0.1
+        clock.now += 0.2
         await new_frame.wait()
         assert drawn == [*expected, fade.steps[10].level]
+
+
+def test_the_responding_pulse_steps_evenly_in_perceived_brightness() -> None:
+    fade = pattern_for(LedPattern.RESPONDING)
+    levels = [step.level for step in fade.steps]
+    assert sum(step.seconds for step in fade.steps) == pytest.approx(2.0)
+    assert (min(levels), max(levels)) == (pytest.approx(0.05), 1.0)
+    perceived = [level ** (1 / GAMMA) for level in levels]
+    following = perceived[1:] + perceived[:1]
+    steps = [abs(after - before) for before, after in zip(perceived, following, strict=True)]
+    assert max(steps) == pytest.approx(min(steps))  # around the whole cycle
 
 
 async def test_catching_up_does_nothing_to_blinks_or_steady_patterns(
