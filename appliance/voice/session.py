@@ -22,8 +22,7 @@
   (counted for audio). Awaiting :meth:`~VoiceSession.send_audio` waits for the socket to take
   the chunk (aiohttp's write buffer is bounded), so a slow network slows the caller down,
   and the microphone ring buffer (bounded, counting overruns) absorbs it; nothing piles up
-  here. A send that stalls longer than ``send_timeout_s`` ends the connection (noticed within
-  a quarter of that, at most 1 s, after it).
+  here. A send that stalls for ``send_timeout_s`` ends the connection then.
 """
 
 from __future__ import annotations
@@ -214,7 +213,6 @@ class VoiceSession:
         # Sends under way: when each started, and the deadline the send watch expires.
         self._pending_sends: dict[int, tuple[float, asyncio.Timeout]] = {}
         self._send_watch: asyncio.TimerHandle | None = None
-        self._send_watch_s = min(1.0, send_timeout_s / 4)
 
         # What the conversation is doing on the current connection.
         self._responses: OrderedDict[str, None] = OrderedDict()  # active response ids
@@ -756,21 +754,34 @@ class VoiceSession:
             self._pending_sends.pop(send_id, None)
 
     def _watch_sends_soon(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._send_watch = loop.call_later(self._send_watch_s, self._watch_sends)
+        """Have the send watch wake when the oldest send under way reaches the send timeout.
+
+        While sends finish at once, that is one wake-up per send timeout, however many
+        sends there are; a send still under way then is given up right on time.
+        """
+        oldest = next(
+            (
+                started
+                for started, deadline in self._pending_sends.values()
+                if deadline.when() is None
+            ),
+            None,
+        )
+        if oldest is not None:
+            wait_s = oldest + self._send_timeout_s - time.monotonic()
+            self._send_watch = asyncio.get_running_loop().call_later(wait_s, self._watch_sends)
 
     def _watch_sends(self) -> None:
-        """Give up on the sends pending longer than the send timeout; look again while any is.
+        """Give up on the sends pending for the send timeout; watch those that remain.
 
-        A given-up send raises TimeoutError where it waits (see _send): at most a watch
-        interval (a quarter of the send timeout, at most 1 s) after the timeout.
+        A given-up send raises TimeoutError where it waits (see _send).
         """
         self._send_watch = None
         now, loop = time.monotonic(), asyncio.get_running_loop()
         for started, deadline in self._pending_sends.values():
             if now - started >= self._send_timeout_s and deadline.when() is None:
                 deadline.reschedule(loop.time())
-        if self._pending_sends and not self._closed:
+        if not self._closed:
             self._watch_sends_soon()
 
     def _ready_link(self) -> _Link | None:
