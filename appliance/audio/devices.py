@@ -583,6 +583,8 @@ class _Pump:
         self._wake.acquire()
         self.buffer: Samples = np.zeros(frames * channels, dtype=np.int16)
         self.drop_requested = False  # set by the loop: discard what the device holds
+        # Set by the loop: enough sound to refill the device arrived after silence.
+        self.sound_waiting = False
         # Output: how many frames the device buffers ahead of what it plays (set at start).
         self.buffer_frames = 0
         self.silence_skips = 0  # sound that started on an emptied device (see _play)
@@ -609,6 +611,13 @@ class _Pump:
         """Have the output thread discard what the device holds, now if it waits for room."""
         self.drop_requested = True
         self.wake()
+
+    def sound_arrived(self, samples: int) -> None:
+        """``samples`` of sound wait after silence: a device holding only silence, and
+        waiting for room, drops it and takes them now instead of at its next period."""
+        if samples >= self.buffer_frames * self.channels > 0:
+            self.sound_waiting = True
+            self.wake()
 
     def wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # not held: a wake-up is already pending
@@ -687,6 +696,13 @@ class _Pump:
                     wait_for_wake(True, waits[room])
                     if self.handler is None:  # cut off while it waited
                         return
+                    if self.sound_waiting:
+                        self.sound_waiting = False
+                        # Sound for a device that holds silence only: the fill below takes
+                        # it now, and the silence is skipped. Behind sound, it is played
+                        # after it, when there is room.
+                        if not (may_skip and not emptied and silent >= buffer_periods):
+                            continue
                 if self.drop_requested:
                     self.drop_requested = False
                     self._restart(pa, stream)
@@ -960,6 +976,14 @@ class PyAudioOutput(_PyAudioStream):
     def silence_skips(self) -> int:
         """Sounds that started on an emptied device instead of behind its buffered silence."""
         return self._past_silence_skips + (self._pump.silence_skips if self._pump else 0)
+
+    def sound_arrived(self, samples: int) -> None:
+        """Sound (``samples`` of it) arrived after silence: if the device holds nothing but
+        silence and the sound can refill it, the device thread skips that silence and
+        starts the sound now, not at its next period."""
+        pump = self._pump
+        if pump is not None and pump.running:
+            pump.sound_arrived(samples)
 
     def drop_buffered(self) -> int:
         """Have the device thread discard the device's buffer: at once while it waits for

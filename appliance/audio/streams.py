@@ -113,6 +113,10 @@ class OutputDevice(Protocol):
 
     def start(self) -> None: ...
 
+    def sound_arrived(self, samples: int) -> None:
+        """``samples`` of sound wait in the ring, which was empty: a device that would play
+        the silence it holds first may start them at once instead."""
+
     def drop_buffered(self) -> int:
         """Discard the audio the device holds but has not played yet (within a period).
 
@@ -707,7 +711,11 @@ class Speaker(_DeviceStream):
         if response:
             self._cancel_finish()
         self.drained.clear()
+        ring = self._ring
+        dry = ring is not None and ring.available() == 0
         self._feed()
+        if dry and ring is not None and self._started:
+            self._device.sound_arrived(ring.available())
         if response:
             # Only now: a device period running meanwhile must not count the ring, still
             # empty before the feed above, as run dry.

@@ -55,6 +55,7 @@ class CrankedOutput:
         self.fail_open: str | None = None
         self.failed: str | None = None
         self.on_failure: Failed | None = None
+        self.sound_arrivals: list[int] = []  # what sound_arrived() was told, in order
 
     def open(self, render: Render, on_failure: Failed) -> StreamFormat:
         if self.fail_open:
@@ -65,6 +66,9 @@ class CrankedOutput:
 
     def start(self) -> None:
         self.running = True
+
+    def sound_arrived(self, samples: int) -> None:
+        self.sound_arrivals.append(samples)
 
     def drop_buffered(self) -> int:
         return 0  # it holds nothing: each period is taken when the test cranks it
@@ -196,6 +200,21 @@ async def test_each_period_tells_the_device_how_much_sound_is_ready_from_it_on(
         output.period()
         readiness.append(output.ready)
     assert readiness == [1000, 1000 - PERIOD, 1000 - 2 * PERIOD, 0]
+
+
+async def test_the_device_hears_of_sound_that_arrives_after_silence_at_once(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    # A device with a buffer (see PyAudioOutput) may then skip the silence it holds now
+    # rather than at its next period.
+    output.period()
+    speaker.play(ramp(1000), "item")
+    assert output.sound_arrivals == [1000]
+    speaker.play(ramp(500), "item")  # behind sound: nothing to skip
+    output.periods(4)  # 1500 samples and a little silence
+    assert output.sound_arrivals == [1000]
+    speaker.play(ramp(200), "item")  # the ring ran dry: silence again before this
+    assert output.sound_arrivals == [1000, 200]
 
 
 async def test_never_drops_an_answer_longer_than_the_ring(
