@@ -50,7 +50,7 @@ with warnings.catch_warnings():
 
 SPEAKER_RATE = 24000  # what Voice Live sends: PCM16 mono 24 kHz
 STALL_S = 2.0  # a started stream without a callback for this long has failed
-LOG_LENGTH = 1024  # callbacks remembered for latency figures (20 s at 20 ms)
+LOG_LENGTH = 1024  # callbacks remembered for latency figures (41 s at 40 ms)
 # Quieter than this at the service (peak, after the gain), the microphone hears no one:
 # well below speech at arm's length, above the hiss of a quiet room on a usable microphone.
 QUIET_DBFS = -45.0
@@ -601,6 +601,8 @@ class Speaker(_DeviceStream):
         self._last_item: str | None = None
         self._finish_requested = False
         self._low_water = 0
+        # Ring position where sound last followed silence (-1: none since the ring was made).
+        self._sound_from = -1
         # Read by the device side, written by the loop only:
         self._streaming = False  # a response is arriving: a dry ring is an underrun
         self._want_feed = False  # the loop has audio waiting for ring space
@@ -652,6 +654,7 @@ class Speaker(_DeviceStream):
             self._ring = RingBuffer(capacity * fmt.channels, drop_oldest=False)
             self._resampler = StreamResampler(SPEAKER_RATE, fmt.rate)
             self._low_water = self._ring.capacity * 3 // 4
+            self._sound_from = -1
             self._segments.clear()
             self._marks.clear()
         self._feed()  # so that the first callback already has the queued audio
@@ -712,9 +715,13 @@ class Speaker(_DeviceStream):
             self._cancel_finish()
         self.drained.clear()
         ring = self._ring
-        dry = ring is not None and ring.available() == 0
+        if ring is not None and ring.available() == 0:
+            self._sound_from = ring.write_position
         self._feed()
-        if dry and ring is not None and self._started:
+        if ring is not None and self._started and ring.read_position <= self._sound_from:
+            # Sound after silence that the device has not begun to play: told of all of it,
+            # each time more comes, the device may skip the silence it holds once there is
+            # enough to refill it (an answer's first delta may be shorter than its buffer).
             self._device.sound_arrived(ring.available())
         if response:
             # Only now: a device period running meanwhile must not count the ring, still
