@@ -386,11 +386,12 @@ class AudioSettings(_Group):
         **env("APPLIANCE_DEVICE_RATE"),
     )
     period_ms: int = Field(
-        20,
+        40,
         ge=5,
         le=100,
-        description="The speaker's audio period in ms: an interruption silences it within "
-        "one period.",
+        description="The speaker's audio period in ms: longer ones cost less CPU. An "
+        "interruption, and an answer after silence, reach the device at once, not at its "
+        "next period.",
         **env("APPLIANCE_PERIOD_MS"),
     )
     chunk_ms: int = Field(

@@ -7,7 +7,7 @@ into the mic sink in real time; the figures come from the appliance's own log li
 (the same values it sends to journald as APPLIANCE_*_MS fields) and from /proc.
 
 A second, shorter conversation runs with the low-power setting the README describes
-(``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=40``) for its CPU and latency cost, and
+(``APPLIANCE_CHUNK_MS=100``, ``APPLIANCE_PERIOD_MS=100``) for its CPU and latency cost, and
 a third with the buffer sizes of the SDK's own sample assistant (50 ms periods for the
 microphone and the speaker), so that its CPU can be compared with the sample's at equal
 wake-up rates, and a fourth with the microphone's 40 ms chunks kept while it hears no one
@@ -50,7 +50,7 @@ TURNS = int(os.environ.get("BENCH_TURNS", "200"))
 PTT_TURNS = int(os.environ.get("BENCH_PTT_TURNS", "12"))
 LOW_POWER_TURNS = int(os.environ.get("BENCH_LOW_POWER_TURNS", "15"))
 KEEPALIVE_MS = int(os.environ.get("BENCH_KEEPALIVE_MS", "40"))
-LOW_POWER = {"APPLIANCE_CHUNK_MS": "100", "APPLIANCE_PERIOD_MS": "40"}
+LOW_POWER = {"APPLIANCE_CHUNK_MS": "100", "APPLIANCE_PERIOD_MS": "100"}
 SAMPLE_SIZES_TURNS = int(os.environ.get("BENCH_SAMPLE_SIZES_TURNS", "15"))
 SAMPLE_SIZES = {"APPLIANCE_CHUNK_MS": "50", "APPLIANCE_PERIOD_MS": "50"}
 SHORT_CHUNKS_TURNS = int(os.environ.get("BENCH_SHORT_CHUNKS_TURNS", "15"))
@@ -340,7 +340,7 @@ def main() -> None:
             ],
             ["end of user speech (speech_stopped) -> answer at the speaker", *stats(talk.answers)],
             ["barge-in (speech_started or press) -> output callback silent", *stats(talk.barge)],
-            ["  the same with the low-power setting (40 ms periods)", *stats(low.barge)],
+            ["  the same with the low-power setting (100 ms periods)", *stats(low.barge)],
             ["press -> first mic audio sent, connection cold", *stats(press["cold"])],
             ["press -> first mic audio sent, connection warm", *stats(press["warm"])],
         ],

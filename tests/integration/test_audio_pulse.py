@@ -385,23 +385,27 @@ async def test_earcons_and_answers_share_the_speaker(audio: Audio, pulse: PulseS
         assert find(note, recorded)[1] > 0.999
 
 
-async def test_status_tells_a_running_stream_from_a_stopped_one(audio: Audio) -> None:
-    mic, speaker = audio.mic, audio.speaker
-    assert not mic.status().started
-    mic.start()
-    speaker.start()
-    first = speaker.status().callbacks
-    await until(lambda: speaker.status().callbacks > first + 5, audio)
+async def test_status_tells_a_running_stream_from_a_stopped_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The speaker runs at the audio period; the microphone in periods of a chunk.
-    for status, period_ms in ((mic.status(), 40), (speaker.status(), 20)):
-        assert status.started
-        assert status.healthy
-        assert status.period_ms == period_ms
-        assert status.last_callback_ns > 0
-    speaker.stop()
-    mic.stop()
-    assert not speaker.status().started
-    assert speaker.status().failure is None
+    chosen = settings(monkeypatch, APPLIANCE_PERIOD_MS="20", APPLIANCE_CHUNK_MS="40")
+    with open_audio(chosen, service_input_rate=RATE, loop=asyncio.get_running_loop()) as audio:
+        mic, speaker = audio.mic, audio.speaker
+        assert not mic.status().started
+        mic.start()
+        speaker.start()
+        first = speaker.status().callbacks
+        await until(lambda: speaker.status().callbacks > first + 5, audio)
+        for status, period_ms in ((mic.status(), 40), (speaker.status(), 20)):
+            assert status.started
+            assert status.healthy
+            assert status.period_ms == period_ms
+            assert status.last_callback_ns > 0
+        speaker.stop()
+        mic.stop()
+        assert not speaker.status().started
+        assert speaker.status().failure is None
 
 
 async def test_a_missing_device_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ def test_defaults_need_no_configuration() -> None:
     assert settings.auth.mode is AuthMode.AUTO
     assert settings.gpio.button_pin == "GPIO17"
     assert settings.gpio.led_pin == "GPIO18"
-    assert settings.audio.period_ms == 20
+    assert settings.audio.period_ms == 40
     assert settings.behaviour.button_mode is ButtonMode.TOGGLE
     assert settings.behaviour.idle_timeout_s == 30
     assert settings.env_files == ()
