@@ -985,6 +985,13 @@ class PyAudioOutput(_PyAudioStream):
         if pump is not None and pump.running:
             pump.sound_arrived(samples)
 
+    @property
+    def buffer_frames(self) -> int:
+        """Frames the running device holds ahead of what it plays (3 periods on the ALSA
+        pulse device): the device thread writes a period whenever one has been played."""
+        pump = self._pump
+        return self._buffer_frames if pump is not None and pump.running else 0
+
     def drop_buffered(self) -> int:
         """Have the device thread discard the device's buffer: at once while it waits for
         room, which is most of the time; else right after its current write.

@@ -123,6 +123,13 @@ class OutputDevice(Protocol):
         Returns how many frames that is: what ``render`` filled that will not be heard.
         """
 
+    @property
+    def buffer_frames(self) -> int:
+        """Frames the running device holds ahead of what it plays (0: none, or stopped).
+
+        A rendered sample is heard once the device has asked for that many more frames.
+        """
+
     def stop(self, *, keep_open: bool = False) -> None:
         """Stop (no render after this returns) and close; idempotent.
 
@@ -198,6 +205,17 @@ class _CallbackLog:
         for index in range(max(0, count - min(callbacks, LOG_LENGTH)), count):
             total += int(self.records[index % LOG_LENGTH, 1])
         return total
+
+    def reached(self, position: int, enough: int) -> int:
+        """How many of the latest callbacks, up to ``enough``, left the stream at ``position``
+        or beyond (the first of them handed the sample before ``position`` to the device)."""
+        count = self.count
+        seen = 0
+        for index in range(count - 1, count - 1 - min(enough, count, LOG_LENGTH), -1):
+            if self.records[index % LOG_LENGTH, 0] < position:
+                break
+            seen += 1
+        return seen
 
     def last_ns(self) -> int:
         if self.count == 0:
@@ -735,9 +753,11 @@ class Speaker(_DeviceStream):
     def finish(self) -> None:
         """Everything queued so far is complete: notify once its last sample has been played.
 
-        ``drained`` is set and ``on_drained`` called (on the loop) when the device has been
-        handed the last sample queued before this call. Earcons queued afterwards do not
-        cancel that; more response audio (``play()``) does, until the next ``finish()``.
+        ``drained`` is set and ``on_drained`` called (on the loop) when the device has
+        played the last sample queued before this call: it was handed to the device, and
+        the device has since asked for what it held ahead of it (see ``buffer_frames``).
+        Earcons queued afterwards do not cancel that; more response audio (``play()``) does,
+        until the next ``finish()``.
         """
         self._streaming = False
         if not (self._queue and self._queue[-1].flush):
@@ -833,14 +853,21 @@ class Speaker(_DeviceStream):
             self._segments.append(_Segment(item_id, start, end, per_ms))
 
     def _check_drained(self) -> None:
-        ring = self._ring
+        ring, fmt = self._ring, self._format
         position = ring.read_position if ring is not None else 0
-        if self._finish_requested and position >= self._finish_pos and not self._want_feed:
-            self._finish_requested = False
-            self._finish_pos = _NEVER
-            self.drained.set()
-            if self.on_drained is not None:
-                self.on_drained()
+        if not self._finish_requested or position < self._finish_pos or self._want_feed:
+            return
+        if ring is not None and fmt is not None and self._started:
+            # Handed is not heard: the device plays what it holds first. Each period it
+            # asks for after the last sample means one period of that played.
+            held = -(-self._device.buffer_frames // fmt.period_frames)
+            if held and self._log.reached(self._finish_pos, held + 1) <= held:
+                return  # the device side wakes us at each period until then
+        self._finish_requested = False
+        self._finish_pos = _NEVER
+        self.drained.set()
+        if self.on_drained is not None:
+            self.on_drained()
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of ``item_id`` handed to the device so far (for item truncation)."""

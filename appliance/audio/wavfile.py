@@ -310,6 +310,10 @@ class WavOutput(_Paced):
         return 0  # each period is written as it is rendered: nothing is held back
 
     @property
+    def buffer_frames(self) -> int:
+        return 0  # written as rendered: heard (in the file) as soon as it is handed
+
+    @property
     def frames_written(self) -> int:
         return self._writer.frames
 

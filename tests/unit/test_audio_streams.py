@@ -73,6 +73,10 @@ class CrankedOutput:
     def drop_buffered(self) -> int:
         return 0  # it holds nothing: each period is taken when the test cranks it
 
+    @property
+    def buffer_frames(self) -> int:
+        return 0
+
     def stop(self, *, keep_open: bool = False) -> None:
         self.running = False
 
@@ -275,7 +279,11 @@ class BufferingOutput(CrankedOutput):
     held_periods = 3
 
     def drop_buffered(self) -> int:
-        return self.held_periods * self.format.period_frames
+        return self.buffer_frames
+
+    @property
+    def buffer_frames(self) -> int:
+        return self.held_periods * self.format.period_frames if self.running else 0
 
 
 @pytest.mark.parametrize(
@@ -330,6 +338,43 @@ async def test_finish_notifies_once_when_the_last_sample_was_handed(
     output.periods(5)
     await settle()
     assert len(drained) == 1
+
+
+async def test_finish_notifies_once_a_buffering_device_has_played_the_last_sample() -> None:
+    # Handed is not heard: the device still holds three periods ahead of what it plays.
+    output = BufferingOutput()
+    with Speaker(output, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        drained: list[int] = []
+        speaker.on_drained = lambda: drained.append(speaker.callbacks)
+        speaker.start()
+        speaker.play(ramp(PERIOD * 2 + 100), "item")
+        speaker.finish()
+        for _ in range(3):  # the last sample handed in the third
+            output.period()
+            await settle()
+        assert not drained
+        assert not speaker.drained.is_set()
+        for _ in range(3):  # three more: the device has played what it held before them
+            output.period()
+            await settle()
+        assert drained == [6]
+        assert speaker.drained.is_set()
+        output.periods(5)
+        await settle()
+        assert drained == [6]
+
+
+async def test_finish_after_the_device_played_the_sound_notifies_at_once() -> None:
+    output = BufferingOutput()
+    with Speaker(output, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        drained: list[int] = []
+        speaker.on_drained = lambda: drained.append(speaker.callbacks)
+        speaker.start()
+        speaker.play(ramp(PERIOD), "item")
+        output.periods(5)  # one of sound, four of silence after it
+        speaker.finish()
+        await settle()
+        assert drained == [5]
 
 
 async def test_finish_with_nothing_queued_notifies_at_once(speaker: Speaker) -> None:
