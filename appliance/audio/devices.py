@@ -26,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from appliance.audio.ring import Samples
-from appliance.audio.streams import StreamFormat
+from appliance.audio.streams import NOT_YET, StreamFormat
 from appliance.errors import AudioDeviceError, SoundServerHung
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Direction = Literal["input", "output"]
 DeviceSpec = int | str | None
 _T = TypeVar("_T")
-Handler = Callable[[Any], int | None]
+Handler = Callable[..., int | None]
 """A stream's device-side callback, once per period: an input stream hands the microphone
 the period's bytes as PortAudio read them; an output stream has the speaker fill the
 pump's preallocated array (:data:`~appliance.audio.streams.Render`)."""
@@ -587,6 +587,9 @@ class _Pump:
         self.sound_waiting = False
         # Output: how many frames the device buffers ahead of what it plays (set at start).
         self.buffer_frames = 0
+        # Output: waiting for an answer's next audio rather than pad a period with silence.
+        self.waiting_for_sound = False
+        self.sound_waits = 0  # how often it did
         self.silence_skips = 0  # sound that started on an emptied device (see _play)
         self.failure: str | None = None
         self.running = False
@@ -612,10 +615,14 @@ class _Pump:
         self.drop_requested = True
         self.wake()
 
-    def sound_arrived(self, samples: int) -> None:
+    def sound_arrived(self, samples: int, *, after_silence: bool = True) -> None:
         """``samples`` of sound wait after silence: a device holding only silence, and
-        waiting for room, drops it and takes them now instead of at its next period."""
-        if samples >= self.buffer_frames * self.channels > 0:
+        waiting for room, drops it and takes them now instead of at its next period.
+        Without ``after_silence``, only a thread waiting for the answer's next audio
+        (see :meth:`_play`) is woken to take it."""
+        if self.waiting_for_sound:
+            self.wake()
+        elif after_silence and samples >= self.buffer_frames * self.channels > 0:
             self.sound_waiting = True
             self.wake()
 
@@ -641,16 +648,18 @@ class _Pump:
         if handler is not None:
             handler(data)
 
-    def fill(self) -> int:
+    def fill(self, can_wait: bool = False) -> int:
         """One period to play: the speaker fills the preallocated buffer (every period).
 
-        Returns the samples of sound ready from this period on (0: it is silence).
+        Returns the samples of sound ready from this period on (0: it is silence), or, if
+        the device ``can_wait``, NOT_YET: the speaker waits for more of an answer, and
+        nothing was filled.
         """
         handler = self.handler
         if handler is None:
             self.buffer[:] = 0
             return 0
-        return handler(self.buffer) or 0
+        return handler(self.buffer, can_wait) or 0
 
     def _capture(self) -> None:
         from pyaudio import _portaudio as pa
@@ -685,10 +694,15 @@ class _Pump:
         # Periods written since the last one with sound, and whether any was written since
         # the device was last emptied: together, whether it holds nothing but silence.
         silent, emptied = buffer_periods, True
+        # While the device holds more than half a period, a period an answer has not
+        # filled yet waits for it; how long at most, by what the device holds.
+        half, held_max = frames // 2, self.buffer_frames
+        sound_waits = [max(held - half, 0) / self.rate for held in range(held_max + 1)]
         while self.running:
             try:
                 room = room_in(stream)
-                if room < frames:
+                # (A drop requested while it waited for sound below is carried out at once.)
+                if room < frames and not self.drop_requested:
                     # Waiting here rather than in the write lets a drop end the wait. Once,
                     # then the write waits for the rest: a stream stuck in a hung server
                     # stays stuck inside PortAudio, where closing it tells (see
@@ -703,11 +717,27 @@ class _Pump:
                         # after it, when there is room.
                         if not (may_skip and not emptied and silent >= buffer_periods):
                             continue
+                    room = frames  # what it waited for
                 if self.drop_requested:
                     self.drop_requested = False
                     self._restart(pa, stream)
                     silent, emptied = buffer_periods, True
-                ahead = fill()
+                    room = held_max
+                held = held_max - room
+                ahead = fill(held > half)
+                if ahead == NOT_YET:
+                    # The answer's next audio has not come (it is late, or its first delta
+                    # was shorter than the device's buffer) and the device can play on: wait
+                    # for it rather than write silence into the answer. play() wakes this
+                    # wait; at the latest it ends when the device holds half a period, and
+                    # then the period is filled with whatever there is.
+                    self.waiting_for_sound = True
+                    self.sound_waits += 1
+                    wait_for_wake(True, sound_waits[held])
+                    self.waiting_for_sound = False
+                    if self.handler is None:  # cut off while it waited
+                        return
+                    continue
                 if not ahead:
                     silent += 1
                 else:
@@ -770,6 +800,7 @@ class _PyAudioStream:
         # sound server), which would otherwise be paid again before every answer.
         self._chosen: tuple[int, DeviceInfo, int, int] | None = None
         self._past_silence_skips = 0
+        self._past_sound_waits = 0
         self._buffer_frames = 0
         self._format: StreamFormat | None = None  # of the open stream
         self._paused = False  # the open stream was stopped, to start again (stop(keep_open))
@@ -944,6 +975,7 @@ class _PyAudioStream:
         self._pump = None
         if pump is not None:
             self._past_silence_skips += pump.silence_skips
+            self._past_sound_waits += pump.sound_waits
         if stream is None or (keep_open and self._paused):
             return
         if keep_open and pump is not None and pump.failure is None:
@@ -977,13 +1009,21 @@ class PyAudioOutput(_PyAudioStream):
         """Sounds that started on an emptied device instead of behind its buffered silence."""
         return self._past_silence_skips + (self._pump.silence_skips if self._pump else 0)
 
-    def sound_arrived(self, samples: int) -> None:
+    def sound_arrived(self, samples: int, *, after_silence: bool = True) -> None:
         """Sound (``samples`` of it) arrived after silence: if the device holds nothing but
         silence and the sound can refill it, the device thread skips that silence and
-        starts the sound now, not at its next period."""
+        starts the sound now, not at its next period. Sound behind sound
+        (``after_silence=False``) ends a wait of the device thread for it."""
         pump = self._pump
         if pump is not None and pump.running:
-            pump.sound_arrived(samples)
+            pump.sound_arrived(samples, after_silence=after_silence)
+
+    @property
+    def sound_waits(self) -> int:
+        """How often device threads waited for an answer's next audio rather than play
+        silence (counted like ``silence_skips``)."""
+        pump = self._pump
+        return self._past_sound_waits + (pump.sound_waits if pump is not None else 0)
 
     @property
     def buffer_frames(self) -> int:

@@ -96,12 +96,24 @@ class InputDevice(Protocol):
         """Stop, and release the device for good. Idempotent."""
 
 
-Render = Callable[[Samples], int]
-"""Fills one period of a preallocated array; returns the samples of sound ready from it on.
+class Render(Protocol):
+    """Fills one period of a preallocated array; returns the samples of sound ready from it on.
 
-That is the sound in the period plus what waits behind it, 0 for a period of silence. A
-device that keeps a buffer uses it to tell when that buffer holds nothing but silence.
-"""
+    That is the sound in the period plus what waits behind it, 0 for a period of silence. A
+    device that keeps a buffer uses it to tell when that buffer holds nothing but silence.
+
+    A device that still holds enough to play on for a while may say so (``can_wait=True``):
+    while an answer streams and less than a period of it has come, the period is then not
+    filled and :data:`NOT_YET` returned, so that the device waits for the rest rather than
+    play a gap of silence inside the answer (see ``PyAudioOutput``).
+    """
+
+    def __call__(self, out: Samples, can_wait: bool = False) -> int: ...
+
+
+NOT_YET = -1
+"""From a render asked with ``can_wait``: the answer's next audio has not come, so nothing
+was filled or taken; ask again when more has come, or without ``can_wait``."""
 
 
 class OutputDevice(Protocol):
@@ -113,9 +125,14 @@ class OutputDevice(Protocol):
 
     def start(self) -> None: ...
 
-    def sound_arrived(self, samples: int) -> None:
-        """``samples`` of sound wait in the ring, which was empty: a device that would play
-        the silence it holds first may start them at once instead."""
+    def sound_arrived(self, samples: int, *, after_silence: bool = True) -> None:
+        """``samples`` of sound wait in the ring.
+
+        ``after_silence``: the ring was empty, so a device that would play the silence it
+        holds first may start them at once instead. Otherwise the ring held less than a
+        period: a device waiting for an answer's next audio (see :data:`NOT_YET`) may take
+        it now.
+        """
 
     def drop_buffered(self) -> int:
         """Discard the audio the device holds but has not played yet (within a period).
@@ -631,12 +648,17 @@ class Speaker(_DeviceStream):
 
     # ---- device side ---------------------------------------------------------------------
 
-    def _render(self, out: Samples) -> int:
+    def _render(self, out: Samples, can_wait: bool = False) -> int:
         try:
             ring = self._ring
             if ring is None:
                 out[:] = 0
                 return 0
+            if can_wait and (self._streaming or self._want_feed) and ring.available() < len(out):
+                # The answer's next audio is late, or this is its start and its first delta
+                # is shorter than the device's buffer: the device can play on for a while,
+                # so it waits for more rather than add silence to the answer.
+                return NOT_YET
             real = ring.read_into(out)
             if real < len(out) and (self._streaming or self._want_feed):
                 self.underruns += 1
@@ -733,14 +755,19 @@ class Speaker(_DeviceStream):
             self._cancel_finish()
         self.drained.clear()
         ring = self._ring
-        if ring is not None and ring.available() == 0:
+        before = ring.available() if ring is not None else 0
+        if ring is not None and before == 0:
             self._sound_from = ring.write_position
         self._feed()
-        if ring is not None and self._started and ring.read_position <= self._sound_from:
-            # Sound after silence that the device has not begun to play: told of all of it,
-            # each time more comes, the device may skip the silence it holds once there is
-            # enough to refill it (an answer's first delta may be shorter than its buffer).
-            self._device.sound_arrived(ring.available())
+        if ring is not None and self._started:
+            if ring.read_position <= self._sound_from:
+                # Sound after silence that the device has not begun to play: told of all of
+                # it, each time more comes, the device may skip the silence it holds once
+                # there is enough to refill it (an answer's first delta may be shorter than
+                # its buffer).
+                self._device.sound_arrived(ring.available())
+            elif self._short_of_a_period(before):
+                self._device.sound_arrived(ring.available(), after_silence=False)
         if response:
             # Only now: a device period running meanwhile must not count the ring, still
             # empty before the feed above, as run dry.
@@ -764,7 +791,15 @@ class Speaker(_DeviceStream):
             self._queue.append(_Queued(self._last_item, _EMPTY, self._queued_total, flush=True))
         self._finish_requested = True
         self._feed()
+        ring = self._ring
+        if ring is not None and self._started and self._short_of_a_period(ring.available()):
+            # A device waiting for more of the answer (see NOT_YET) plays its tail now.
+            self._device.sound_arrived(ring.available(), after_silence=False)
         self._loop.call_soon(self._check_drained)
+
+    def _short_of_a_period(self, samples: int) -> bool:
+        fmt = self._format
+        return fmt is not None and samples < fmt.period_frames * fmt.channels
 
     def clear(self) -> Interrupted:
         """Barge-in: silence from the next device period on; drop everything queued.

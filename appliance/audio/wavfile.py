@@ -303,8 +303,8 @@ class WavOutput(_Paced):
             out[:] = 0
         self._writer.append(out)
 
-    def sound_arrived(self, samples: int) -> None:
-        pass  # each period is written as it is rendered: no silence is held back
+    def sound_arrived(self, samples: int, *, after_silence: bool = True) -> None:
+        pass  # each period is written as it is rendered: nothing is held back or waited for
 
     def drop_buffered(self) -> int:
         return 0  # each period is written as it is rendered: nothing is held back

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from appliance.audio import Audio, Earcon, Microphone, Speaker, earcon, open_audio
-from appliance.audio.devices import PortAudio, PyAudioOutput
+from appliance.audio.devices import Handler, PortAudio, PyAudioOutput
+from appliance.audio.streams import NOT_YET, StreamFormat
 from appliance.config import AudioSettings
 from appliance.errors import AudioDeviceError, SoundServerHung
 from appliance.runtime import sound_server_probe
@@ -250,12 +252,60 @@ async def test_a_sound_too_short_to_refill_the_device_plays_behind_its_silence(
     assert played_exactly(blip, recorded)
 
 
+class WaitWatchingOutput(PyAudioOutput):
+    """The real output device; ``waited`` is set when its thread first waits for more of an
+    answer (its render returned NOT_YET)."""
+
+    def __init__(self, portaudio: PortAudio, *, period_ms: int) -> None:
+        super().__init__(portaudio, period_ms=period_ms)
+        self.waited = threading.Event()
+
+    def open(self, handler: Handler, on_failure: Callable[[], None]) -> StreamFormat:
+        def watched(out: np.ndarray, can_wait: bool = False) -> int | None:
+            ready = handler(out, can_wait)
+            if ready == NOT_YET:
+                self.waited.set()
+            return ready
+
+        return super().open(watched, on_failure)
+
+
+async def test_an_answer_whose_first_delta_is_shorter_than_the_buffer_plays_without_a_gap(
+    audio: Audio, pulse: PulseServer
+) -> None:
+    # The default 40 ms periods: the device buffers three (120 ms), more than the 100 ms
+    # first delta of an answer that comes as the stream starts (the speaker starts when the
+    # user stops speaking; the emulator answers at once). The device thread used to take
+    # all of it at once and fill the rest of its buffer with silence: a gap in the answer.
+    assert audio.portaudio is not None
+    device = WaitWatchingOutput(audio.portaudio, period_ms=AudioSettings().period_ms)
+    recording = pulse.recording
+    answer = noise(0.5, seed=9)
+    deltas = np.array_split(answer, 5)
+    with Speaker(device, loop=asyncio.get_running_loop(), volume=100) as speaker:
+        audio.mic.start()
+        start = recording.position
+        speaker.start()
+        speaker.play(deltas[0].tobytes(), "answer")
+        # The device plays its two whole periods and waits for more rather than play
+        # silence; the rest of the answer wakes it.
+        assert await asyncio.to_thread(device.waited.wait, 10)
+        assert device.sound_waits >= 1
+        for delta in deltas[1:]:
+            speaker.play(delta.tobytes(), "answer")
+        speaker.finish()
+        await asyncio.wait_for(speaker.drained.wait(), 10)
+        assert speaker.underruns == 0
+        await recording.until(start + RATE * 2)
+        assert played_exactly(answer, recording.samples(start, start + RATE * 2))
+
+
 async def test_a_device_that_ran_dry_keeps_playing(audio: Audio) -> None:
     assert audio.portaudio is not None
     device = PyAudioOutput(audio.portaudio)
     periods = 0
 
-    def render(out: np.ndarray) -> int:
+    def render(out: np.ndarray, can_wait: bool = False) -> int:
         nonlocal periods
         periods += 1
         out[:] = 0

@@ -21,7 +21,7 @@ import pytest
 from appliance.audio import Earcon, Microphone, Speaker, StreamFormat, earcon
 from appliance.audio.resample import volume_to_gain
 from appliance.audio.ring import Pcm, Samples
-from appliance.audio.streams import Failed, Render
+from appliance.audio.streams import NOT_YET, Failed, Render
 from appliance.errors import AudioDeviceError
 
 RATE = 24000
@@ -56,6 +56,7 @@ class CrankedOutput:
         self.failed: str | None = None
         self.on_failure: Failed | None = None
         self.sound_arrivals: list[int] = []  # what sound_arrived() was told, in order
+        self.more_arrivals: list[int] = []  # the same, for sound behind sound (not silence)
 
     def open(self, render: Render, on_failure: Failed) -> StreamFormat:
         if self.fail_open:
@@ -67,8 +68,8 @@ class CrankedOutput:
     def start(self) -> None:
         self.running = True
 
-    def sound_arrived(self, samples: int) -> None:
-        self.sound_arrivals.append(samples)
+    def sound_arrived(self, samples: int, *, after_silence: bool = True) -> None:
+        (self.sound_arrivals if after_silence else self.more_arrivals).append(samples)
 
     def drop_buffered(self) -> int:
         return 0  # it holds nothing: each period is taken when the test cranks it
@@ -90,11 +91,11 @@ class CrankedOutput:
     def close(self) -> None:
         self.stop()
 
-    def period(self) -> Samples:
+    def period(self, *, can_wait: bool = False) -> Samples:
         assert self.render is not None
         assert self.running
         out = np.full(self.format.period_frames * self.format.channels, 12345, dtype=np.int16)
-        self.ready = self.render(out)
+        self.ready = self.render(out, can_wait)
         return out.copy()
 
     def periods(self, count: int) -> Samples:
@@ -224,6 +225,59 @@ async def test_the_device_hears_of_sound_that_arrives_after_silence_at_once(
     output.periods(4)  # the rest of the 1800 samples and a little silence
     speaker.play(ramp(200), "item")  # the ring ran dry: silence again before this
     assert output.sound_arrivals == [1000, 1500, 200]
+
+
+async def test_a_device_that_can_wait_waits_for_the_rest_of_an_answer_not_filling_silence(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    # A device that still plays on for a while (see PyAudioOutput) asks with can_wait: less
+    # than a period of a streaming answer is not padded with silence, nor taken.
+    speaker.play(ramp(PERIOD + 100), "item")
+    assert list(output.period(can_wait=True)) == list(ramp(PERIOD))
+    assert output.ready == PERIOD + 100
+    untouched = output.period(can_wait=True)
+    assert output.ready == NOT_YET
+    assert (untouched == 12345).all()  # nothing filled
+    assert speaker.callbacks == 1  # and not counted as a period played
+    assert speaker.underruns == 0
+    speaker.play(ramp(PERIOD, start=PERIOD + 100), "item")  # the rest came in time
+    assert list(output.periods(2)) == list(ramp(2 * PERIOD + 100)[PERIOD:]) + [0] * (PERIOD - 100)
+    # Without can_wait (the device would run dry) the short period is played as it was
+    # before: what there is, then silence, and counted as an underrun.
+    assert speaker.underruns == 1
+
+
+async def test_no_wait_for_more_once_the_answer_is_complete_or_between_answers(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    output.period(can_wait=True)
+    assert output.ready == 0  # no answer streams: silence, not a wait
+    speaker.play(ramp(100), "item")
+    assert output.period(can_wait=True) is not None
+    assert output.ready == NOT_YET
+    speaker.finish()  # nothing more will come: its tail plays now
+    assert list(output.period(can_wait=True)) == list(ramp(100)) + [0] * (PERIOD - 100)
+    assert output.ready == 100
+    assert speaker.underruns == 0
+
+
+async def test_the_device_hears_of_sound_behind_sound_while_it_may_wait_for_it(
+    speaker: Speaker, output: CrankedOutput
+) -> None:
+    output.period()
+    speaker.play(ramp(PERIOD + 100), "item")
+    output.period()  # the device began to play it: later audio is behind sound
+    assert output.more_arrivals == []
+    speaker.play(ramp(50), "item")  # the ring held less than a period: the device is told
+    assert output.more_arrivals == [150]
+    speaker.play(ramp(PERIOD), "item")  # still less before it: told of all there is now
+    assert output.more_arrivals == [150, PERIOD + 150]
+    speaker.play(ramp(PERIOD), "item")  # a period's worth before it: nothing to tell
+    assert output.more_arrivals == [150, PERIOD + 150]
+    output.periods(2)
+    speaker.finish()  # the tail a waiting device should play now
+    assert output.more_arrivals == [150, PERIOD + 150, 150]  # what two periods left
+    assert output.sound_arrivals == [PERIOD + 100]
 
 
 async def test_never_drops_an_answer_longer_than_the_ring(
