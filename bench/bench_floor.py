@@ -15,13 +15,13 @@ core (all the child's threads, from ``time.process_time``):
 
 The rows run at the appliance's default periods (``APPLIANCE_CHUNK_MS`` for the microphone,
 ``APPLIANCE_PERIOD_MS`` for the speaker) and at the low-power setting the README describes
-(100 ms each). The null sinks are kept awake as in ``scripts/bench appliance``.
+(100 ms each). The null sinks are kept awake as in ``scripts/bench appliance``, and the
+append text is the appliance's own (``append_event_text``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import json
 import os
@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import AudioSettings
+from appliance.voice.session import append_event_text
+from bench.bench_appliance import KEEPALIVE_MS, LOW_POWER, RATE
 from bench.report import table
 from tests.fixtures.pulse import PulseServer
 
-RATE = 24000
 SETTLE_S = 3.0  # streams started, null sinks awake, before the measured window
 MEASURE_S = float(os.environ.get("BENCH_FLOOR_S", "30"))
-KEEPALIVE_MS = 40  # as scripts/bench appliance: a reader as demanding as the microphone
 
 
 def _start_devices(
@@ -121,10 +121,7 @@ async def _streaming(pa: Any, url: str, mic_ms: int, speaker_ms: int | None) -> 
             await ready.wait()
             ready.clear()
             while captured:
-                audio = base64.b64encode(captured.popleft()).decode("ascii")
-                await websocket.send_str(
-                    '{"type":"input_audio_buffer.append","audio":"' + audio + '"}'
-                )
+                await websocket.send_str(append_event_text(captured.popleft()))
                 sent += 1
 
     async with (
@@ -215,7 +212,11 @@ def main() -> None:
             defaults.chunk_ms,
             defaults.period_ms,
         ),
-        ("low power (100 / 100 ms)", 100, 100),
+        (
+            "low power ({APPLIANCE_CHUNK_MS} / {APPLIANCE_PERIOD_MS} ms)".format(**LOW_POWER),
+            int(LOW_POWER["APPLIANCE_CHUNK_MS"]),
+            int(LOW_POWER["APPLIANCE_PERIOD_MS"]),
+        ),
     ]
     rows: list[list[object]] = []
     with (

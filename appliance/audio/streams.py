@@ -654,13 +654,14 @@ class Speaker(_DeviceStream):
             if ring is None:
                 out[:] = 0
                 return 0
-            if can_wait and (self._streaming or self._want_feed) and ring.available() < len(out):
+            answering = self._streaming or self._want_feed
+            if can_wait and answering and ring.available() < len(out):
                 # The answer's next audio is late, or this is its start and its first delta
                 # is shorter than the device's buffer: the device can play on for a while,
                 # so it waits for more rather than add silence to the answer.
                 return NOT_YET
             real = ring.read_into(out)
-            if real < len(out) and (self._streaming or self._want_feed):
+            if real < len(out) and answering:
                 self.underruns += 1
             position = ring.read_position
             self._log.note(position, real)
